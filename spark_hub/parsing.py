@@ -1,0 +1,166 @@
+"""Pure parsers for model text. They never raise on model output: failures are statuses.
+
+- `parse_solution`: a generator completion -> numbered steps + final answer.
+- `parse_verification`: a verifier completion -> one verdict per ``## Step k`` block + the final
+  "Is the answer correct (Yes/No)?" verdict, with ``<think>`` blocks stripped first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# "Step 3:", "**Step 3.**", "### Step 3 -", "Step 3)" at the start of a line.
+_STEP_RE = re.compile(
+    r"^[ \t>]*(?:[#*_]+[ \t]*)?step[ \t]*(\d+)[ \t]*(?:[:.)\-–—]|\*\*)[ \t*_]*", re.IGNORECASE | re.MULTILINE
+)
+_ANSWER_RE = re.compile(r"^[ \t>*_#]*(?:final[ \t]+)?answer[ \t*_]*[:：][ \t*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
+_BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+
+# Verifier side.
+_THINK_CLOSED_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_VSTEP_RE = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*(?:\*\*)?|\*\*)[ \t]*step[ \t]*(\d+)\b[^\n]*$", re.IGNORECASE | re.MULTILINE
+)
+_VERDICT_RE = re.compile(
+    r"this[ \t]+step[ \t]+is[ \t]+(?:\*\*)?[ \t]*(correct|incorrect|wrong|right)\b", re.IGNORECASE
+)
+_FINAL_RE = re.compile(
+    r"is[ \t]+the[ \t]+answer[ \t]+correct[ \t]*\(?[ \t]*yes[ \t]*/[ \t]*no[ \t]*\)?[ \t]*\??[ \t*_:]*"
+    r"(?:\\boxed\{)?[ \t*_]*(yes|no)\b",
+    re.IGNORECASE,
+)
+
+# Statuses.
+OK = "ok"
+NO_STEPS = "no_steps"
+NO_FINAL = "no_final_verdict"
+MISSING_STEP_VERDICT = "missing_step_verdict"
+STEP_COUNT_MISMATCH = "step_count_mismatch"
+EMPTY = "empty"
+VERIFICATION_STATUSES = (OK, STEP_COUNT_MISMATCH, MISSING_STEP_VERDICT, NO_FINAL, NO_STEPS, EMPTY)
+SOLUTION_STATUSES = (OK, "fallback_steps", "no_answer", EMPTY)
+
+
+@dataclass
+class ParsedSolution:
+    steps: list[str]
+    final_answer: str | None
+    status: str
+    """``ok``; ``fallback_steps`` (no "Step k" markers, split on lines); ``no_answer``; ``empty``."""
+
+
+@dataclass
+class ParsedVerification:
+    text: str
+    """The verification with ``<think>`` blocks removed (what is parsed and what a CoT target uses)."""
+    step_verdicts: list[bool | None] = field(default_factory=list)
+    """One entry per ``## Step k`` block, in step order: True correct, False incorrect, None missing."""
+    final_verdict: bool | None = None
+    status: str = OK
+
+
+def strip_think(text: str) -> str:
+    """Remove ``<think>...</think>`` blocks; an unclosed ``<think>`` drops everything after it,
+    and a stray ``</think>`` (template opened the block) drops everything before it."""
+    text = _THINK_CLOSED_RE.sub("", text)
+    lower = text.lower()
+    if "</think>" in lower:
+        text = text[lower.rindex("</think>") + len("</think>") :]
+    lower = text.lower()
+    if "<think>" in lower:
+        text = text[: lower.index("<think>")]
+    return text.strip()
+
+
+def _clean_answer(raw: str) -> str | None:
+    answer = raw.strip().strip("*_ ").strip()
+    boxed = _BOXED_RE.search(answer)
+    if boxed:
+        answer = boxed.group(1).strip()
+    answer = answer.rstrip(".").strip()
+    if answer.startswith("$") and answer.endswith("$") and len(answer) > 1:
+        answer = answer.strip("$").strip()
+    return answer or None
+
+
+def parse_solution(text: str) -> ParsedSolution:
+    """Split a generator completion into steps and a final answer.
+
+    Steps are the text between consecutive ``Step k`` markers (numbering is taken in order of
+    appearance; repeated or skipped numbers are tolerated). The ``Answer:`` line ends the last step.
+    Without any ``Step k`` marker, non-empty lines before the answer become the steps and the
+    status is ``fallback_steps``.
+
+    >>> parse_solution("Step 1: 2+2=4\\nStep 2: 4*3=12\\nAnswer: 12").steps
+    ['2+2=4', '4*3=12']
+    """
+    text = strip_think(text or "")
+    if not text.strip():
+        return ParsedSolution(steps=[], final_answer=None, status=EMPTY)
+    answer_match = None
+    for answer_match in _ANSWER_RE.finditer(text):
+        pass  # keep the last "Answer:" line
+    final_answer = _clean_answer(answer_match.group(1)) if answer_match else None
+    body = text[: answer_match.start()] if answer_match else text
+    if final_answer is None and answer_match is None:
+        boxed = list(_BOXED_RE.finditer(text))
+        if boxed:
+            final_answer = boxed[-1].group(1).strip() or None
+
+    markers = list(_STEP_RE.finditer(body))
+    if markers:
+        steps = []
+        for i, m in enumerate(markers):
+            end = markers[i + 1].start() if i + 1 < len(markers) else len(body)
+            step = " ".join(body[m.end() : end].split())
+            if step:
+                steps.append(step)
+        status = OK
+    else:
+        steps = [" ".join(line.split()) for line in body.splitlines() if line.strip()]
+        status = "fallback_steps"
+    if not steps:
+        return ParsedSolution(steps=[], final_answer=final_answer, status=EMPTY)
+    if final_answer is None and status == OK:
+        status = "no_answer"
+    return ParsedSolution(steps=steps, final_answer=final_answer, status=status)
+
+
+def parse_verification(text: str, expected_steps: int | None = None) -> ParsedVerification:
+    """Parse a verifier completion into per-step verdicts and the final verdict.
+
+    Each ``## Step k`` header opens a block; the LAST bold verdict inside the block counts
+    ("This step is correct/incorrect"). Blocks are ordered as written. The final verdict is the
+    last "Is the answer correct (Yes/No)? X" in the text.
+
+    Status, first match wins: ``empty``; ``no_steps`` (no step block); ``no_final_verdict``;
+    ``missing_step_verdict`` (a block without a verdict); ``step_count_mismatch`` (number of
+    blocks != ``expected_steps``); else ``ok``. What was parsed is kept whatever the status.
+    """
+    clean = strip_think(text or "")
+    if not clean:
+        return ParsedVerification(text=clean, status=EMPTY)
+    final = None
+    for m in _FINAL_RE.finditer(clean):
+        final = m.group(1).lower() == "yes"
+    headers = list(_VSTEP_RE.finditer(clean))
+    verdicts: list[bool | None] = []
+    for i, h in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(clean)
+        block = clean[h.end() : end]
+        found = None
+        for v in _VERDICT_RE.finditer(block):
+            found = v.group(1).lower() in ("correct", "right")
+        verdicts.append(found)
+    if not headers:
+        status = NO_STEPS
+    elif final is None:
+        status = NO_FINAL
+    elif any(v is None for v in verdicts):
+        status = MISSING_STEP_VERDICT
+    elif expected_steps is not None and len(verdicts) != expected_steps:
+        status = STEP_COUNT_MISMATCH
+    else:
+        status = OK
+    return ParsedVerification(text=clean, step_verdicts=verdicts, final_verdict=final, status=status)

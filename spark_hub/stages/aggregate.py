@@ -1,0 +1,227 @@
+"""Turn N parsed verifications of one solution into step labels (SPARK §1, "Aggregation").
+
+Pure functions, no model calls. Definitions (all configurable through `AggregationConfig`):
+
+- A verification is **complete** when it parsed with status ``ok``: one verdict for every step of
+  the solution and a final verdict.
+- **Outcome vote**: every verification with a final verdict votes Yes/No.
+- **Step votes**: with ``step_mismatch="drop"`` (default) only verifications with exactly one
+  verdict per solution step vote on steps; with ``"align"`` a verification votes on the steps it
+  covers (block k -> step k), extra blocks are ignored and missing verdicts abstain.
+- **Ties** (equal votes) follow ``tie_break``: ``incorrect`` (default; a step nobody can agree on
+  is not trusted), ``correct``, or ``drop`` (the solution stays unlabelled with status ``tie``).
+- **Methods**:
+  ``single``: labels of the first complete verification (the N=1 baseline).
+  ``outcome_consistency``: majority final verdict y*; labels of the first complete verification
+  whose final verdict equals y*.
+  ``step_consistency`` (the paper's winner): per-step majority labels, final label = y*.
+- **PRM-CoT target**: the text of the selected verification. For ``step_consistency`` it is the
+  first complete verification whose step labels AND final verdict equal the aggregate; when none
+  does, ``cot_target="closest"`` (default) takes the complete verification agreeing on the most
+  labels (lowest index on ties) and marks ``cot_exact_match=False``, ``"exact"`` leaves it empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spark_hub.errors import SparkHubError
+from spark_hub.parsing import OK, STEP_COUNT_MISMATCH, ParsedVerification
+
+METHODS = ("single", "outcome_consistency", "step_consistency")
+TIE_BREAKS = ("incorrect", "correct", "drop")
+STEP_MISMATCH = ("drop", "align")
+COT_TARGETS = ("closest", "exact")
+
+
+@dataclass
+class AggregationConfig:
+    """How N verifications become labels. See the module docstring for exact semantics."""
+
+    method: str = field(
+        default="step_consistency",
+        metadata={"help": f"Aggregation method: {', '.join(METHODS)}."},
+    )
+    tie_break: str = field(
+        default="incorrect",
+        metadata={"help": "Equal votes: `incorrect` (default), `correct`, or `drop` (leave unlabelled)."},
+    )
+    step_mismatch: str = field(
+        default="drop",
+        metadata={"help": "Verifications with a different step count: `drop` from step votes, or `align` by position."},
+    )
+    cot_target: str = field(
+        default="closest",
+        metadata={"help": "PRM-CoT target when no verification matches the aggregate exactly: `closest` or `exact` (none)."},
+    )
+
+    def __post_init__(self):
+        for name, valid in (
+            ("method", METHODS),
+            ("tie_break", TIE_BREAKS),
+            ("step_mismatch", STEP_MISMATCH),
+            ("cot_target", COT_TARGETS),
+        ):
+            value = getattr(self, name)
+            if value not in valid:
+                raise SparkHubError(
+                    f"aggregation.{name} must be one of {', '.join(valid)}, got {value!r}",
+                    hint=f"--set aggregation.{name}={valid[0]}",
+                )
+
+
+@dataclass
+class Aggregate:
+    """The aggregated labels of one solution."""
+
+    status: str
+    labels: list[bool] | None
+    final_label: bool | None
+    votes_correct: list[int]
+    votes_incorrect: list[int]
+    agreement: list[float | None]
+    final_votes_yes: int
+    final_votes_no: int
+    n_parsed: int
+    selected: int | None = None
+    """Index of the verification whose text is the PRM-CoT target."""
+    exact_match: bool | None = None
+
+
+def _majority(yes: int, no: int, tie_break: str) -> bool | None:
+    """True/False by majority; ties per ``tie_break`` (None means drop)."""
+    if yes > no:
+        return True
+    if no > yes:
+        return False
+    if yes == 0:
+        return None
+    return {"incorrect": False, "correct": True, "drop": None}[tie_break]
+
+
+def _step_votes(
+    verifications: list[ParsedVerification], n_steps: int, step_mismatch: str
+) -> tuple[list[int], list[int]]:
+    correct = [0] * n_steps
+    incorrect = [0] * n_steps
+    for v in verifications:
+        if not v.step_verdicts:
+            continue
+        if len(v.step_verdicts) != n_steps or None in v.step_verdicts:
+            if step_mismatch == "drop":
+                continue
+        for i, verdict in enumerate(v.step_verdicts[:n_steps]):
+            if verdict is True:
+                correct[i] += 1
+            elif verdict is False:
+                incorrect[i] += 1
+    return correct, incorrect
+
+
+def _is_complete(v: ParsedVerification, n_steps: int) -> bool:
+    return v.status == OK and len(v.step_verdicts) == n_steps
+
+
+def aggregate(
+    verifications: list[ParsedVerification], n_steps: int, config: AggregationConfig
+) -> Aggregate:
+    """Aggregate the parsed verifications of one solution with ``n_steps`` steps.
+
+    >>> from spark_hub.parsing import ParsedVerification as P
+    >>> vs = [P("a", [True, False], False), P("b", [True, True], True), P("c", [True, False], False)]
+    >>> agg = aggregate(vs, 2, AggregationConfig())
+    >>> agg.labels, agg.final_label, agg.selected
+    ([True, False], False, 0)
+    """
+    # A verification parsed with an explicit step count mismatch is still "ok" for this solution
+    # if its block count happens to equal n_steps (statuses are computed with expected_steps).
+    complete = [i for i, v in enumerate(verifications) if _is_complete(v, n_steps)]
+    yes = sum(1 for v in verifications if v.final_verdict is True)
+    no = sum(1 for v in verifications if v.final_verdict is False)
+    votes_c, votes_i = _step_votes(verifications, n_steps, config.step_mismatch)
+    agreement = [
+        (max(c, w) / (c + w)) if (c + w) else None for c, w in zip(votes_c, votes_i)
+    ]
+    base = dict(
+        votes_correct=votes_c,
+        votes_incorrect=votes_i,
+        agreement=agreement,
+        final_votes_yes=yes,
+        final_votes_no=no,
+        n_parsed=len(complete),
+    )
+
+    def unlabelled(status: str) -> Aggregate:
+        return Aggregate(status=status, labels=None, final_label=None, **base)
+
+    if n_steps == 0:
+        return unlabelled("no_steps")
+
+    if config.method == "single":
+        if not complete:
+            return unlabelled("no_valid_verification")
+        i = complete[0]
+        v = verifications[i]
+        return Aggregate(
+            status="ok", labels=list(v.step_verdicts), final_label=v.final_verdict,
+            selected=i, exact_match=True, **base,
+        )
+
+    final = _majority(yes, no, config.tie_break)
+    if yes + no == 0:
+        return unlabelled("no_valid_verification")
+    if final is None:
+        return unlabelled("tie")
+
+    if config.method == "outcome_consistency":
+        for i in complete:
+            if verifications[i].final_verdict is final:
+                v = verifications[i]
+                return Aggregate(
+                    status="ok", labels=list(v.step_verdicts), final_label=final,
+                    selected=i, exact_match=True, **base,
+                )
+        return unlabelled("no_consistent_verification")
+
+    if config.method == "step_consistency":
+        if sum(votes_c) + sum(votes_i) == 0:
+            return unlabelled("no_valid_verification")
+        labels = []
+        for c, w in zip(votes_c, votes_i):
+            label = _majority(c, w, config.tie_break)
+            if label is None:
+                if c + w == 0:  # a step no verification covered (align mode): cannot label
+                    return unlabelled("no_valid_verification")
+                return unlabelled("tie")
+            labels.append(label)
+        selected, exact = _select_cot(verifications, complete, labels, final, config.cot_target)
+        return Aggregate(
+            status="ok", labels=labels, final_label=final, selected=selected,
+            exact_match=exact, **base,
+        )
+
+    raise SparkHubError(f"unknown aggregation method {config.method!r}", hint=f"valid: {', '.join(METHODS)}")
+
+
+def _select_cot(
+    verifications: list[ParsedVerification],
+    complete: list[int],
+    labels: list[bool],
+    final: bool,
+    policy: str,
+) -> tuple[int | None, bool | None]:
+    """Pick the verification whose text becomes the PRM-CoT target for aggregated labels."""
+    best, best_score = None, -1
+    for i in complete:
+        v = verifications[i]
+        score = sum(a == b for a, b in zip(v.step_verdicts, labels)) + (v.final_verdict is final)
+        if score == len(labels) + 1:
+            return i, True
+        if score > best_score:
+            best, best_score = i, score
+    if policy == "closest" and best is not None:
+        return best, False
+    return None, None
+
+
+__all__ = ["AggregationConfig", "Aggregate", "aggregate", "METHODS", "STEP_COUNT_MISMATCH"]

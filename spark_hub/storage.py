@@ -1,0 +1,153 @@
+"""Dataset storage: streamed Parquet shards laid out like a Hub dataset repo.
+
+```
+DIR/data/train-00000-of-00002.parquet           step records   (config "default")
+DIR/verifications/train-00000-of-00001.parquet  raw verifications (config "verifications")
+```
+Rows are appended chunk by chunk into staging shards under ``DIR/.spark/staging`` (memory stays
+flat), then moved into place by `finalize_shards`. Column types come from `datasets.Features`
+so that ``datasets.load_dataset(DIR)`` reads exactly what was written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CONFIGS = {"default": "data", "verifications": "verifications"}
+STAGING = Path(".spark") / "staging"
+
+
+def features(config: str):
+    """The `datasets.Features` of a config (``default`` step records or ``verifications``)."""
+    from datasets import Features, List, Value
+
+    if config == "default":
+        return Features({
+            "schema_version": Value("string"),
+            "id": Value("string"),
+            "problem_id": Value("string"),
+            "problem": Value("string"),
+            "reference": Value("string"),
+            "solution_index": Value("int32"),
+            "solution": Value("string"),
+            "steps": List(Value("string")),
+            "final_answer": Value("string"),
+            "solution_status": Value("string"),
+            "generator": Value("string"),
+            "verifier": Value("string"),
+            "method": Value("string"),
+            "status": Value("string"),
+            "labels": List(Value("bool")),
+            "final_label": Value("bool"),
+            "first_error_step": Value("int32"),
+            "votes_correct": List(Value("int32")),
+            "votes_incorrect": List(Value("int32")),
+            "agreement": List(Value("float64")),
+            "final_votes_yes": Value("int32"),
+            "final_votes_no": Value("int32"),
+            "n_verifications": Value("int32"),
+            "n_parsed": Value("int32"),
+            "cot_target": Value("string"),
+            "cot_verification_index": Value("int32"),
+            "cot_exact_match": Value("bool"),
+        })
+    if config == "verifications":
+        return Features({
+            "schema_version": Value("string"),
+            "id": Value("string"),
+            "record_id": Value("string"),
+            "problem_id": Value("string"),
+            "solution_index": Value("int32"),
+            "verification_index": Value("int32"),
+            "kind": Value("string"),
+            "verifier": Value("string"),
+            "raw_text": Value("string"),
+            "text": Value("string"),
+            "step_verdicts": List(Value("bool")),
+            "final_verdict": Value("bool"),
+            "parse_status": Value("string"),
+            "expected_steps": Value("int32"),
+            "finish_reason": Value("string"),
+            "completion_tokens": Value("int32"),
+        })
+    raise KeyError(config)
+
+
+class ShardWriter:
+    """Append rows to numbered staging shards of at most ``shard_rows`` rows each."""
+
+    def __init__(self, root: str | Path, config: str, shard_rows: int = 50000):
+        self.root = Path(root)
+        self.config = config
+        self.shard_rows = shard_rows
+        self.dir = self.root / STAGING / CONFIGS[config]
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.schema = features(config).arrow_schema
+        self.shards: list[Path] = []
+        self.rows = 0
+        self._writer = None
+        self._in_shard = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        while rows:
+            if self._writer is None:
+                path = self.dir / f"part-{len(self.shards):05d}.parquet"
+                self.shards.append(path)
+                self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+                self._in_shard = 0
+            take = rows[: self.shard_rows - self._in_shard]
+            rows = rows[len(take):]
+            self._writer.write_table(pa.Table.from_pylist(take, schema=self.schema))
+            self._in_shard += len(take)
+            self.rows += len(take)
+            if self._in_shard >= self.shard_rows:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> list[Path]:
+        self._close_shard()
+        if not self.shards:  # an empty config still gets one (empty) shard so it loads
+            import pyarrow.parquet as pq
+
+            path = self.dir / "part-00000.parquet"
+            pq.write_table(self.schema.empty_table(), path, compression="zstd")
+            self.shards.append(path)
+        for path in self.shards:  # make the staged shards durable before they are moved
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        return self.shards
+
+
+def finalize_shards(root: str | Path, config: str, shards: list[Path]) -> list[str]:
+    """Replace ``root/<config dir>/*.parquet`` with the staged shards; returns relative paths."""
+    root = Path(root)
+    target = root / CONFIGS[config]
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("*.parquet"):
+        old.unlink()
+    names = []
+    for i, shard in enumerate(shards):
+        name = f"train-{i:05d}-of-{len(shards):05d}.parquet"
+        os.replace(shard, target / name)
+        names.append(f"{CONFIGS[config]}/{name}")
+    return names
+
+
+def card_configs() -> list[dict[str, Any]]:
+    """The ``configs:`` block of the dataset card: default step records and raw verifications."""
+    return [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}], "default": True},
+        {"config_name": "verifications", "data_files": [{"split": "train", "path": "verifications/train-*.parquet"}]},
+    ]
