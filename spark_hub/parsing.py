@@ -17,18 +17,15 @@ _STEP_RE = re.compile(
 _ANSWER_RE = re.compile(r"^[ \t>*_#]*(?:final[ \t]+)?answer[ \t*_]*[:：][ \t*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 
-# Verifier side.
+# Verifier side. These patterns run on the lower-cased text (faster than IGNORECASE).
 _THINK_CLOSED_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_VSTEP_RE = re.compile(
-    r"^[ \t]*(?:#{1,6}[ \t]*(?:\*\*)?|\*\*)[ \t]*step[ \t]*(\d+)\b[^\n]*$", re.IGNORECASE | re.MULTILINE
-)
-_VERDICT_RE = re.compile(
-    r"this[ \t]+step[ \t]+is[ \t]+(?:\*\*)?[ \t]*(correct|incorrect|wrong|right)\b", re.IGNORECASE
-)
+# Matched against "\n" + text: a literal first character lets `re` scan fast (no MULTILINE "^").
+_VSTEP_RE = re.compile(r"\n[ \t]*(?:#{1,6}[ \t]*(?:\*\*)?|\*\*)[ \t]*step[ \t]*(\d+)\b")
+_VERDICT_RE = re.compile(r"this[ \t]+step[ \t]+is[ \t]+(?:\*\*)?[ \t]*(correct|incorrect|wrong|right)\b")
+_FINAL_PHRASE = "answer correct"
 _FINAL_RE = re.compile(
     r"is[ \t]+the[ \t]+answer[ \t]+correct[ \t]*\(?[ \t]*yes[ \t]*/[ \t]*no[ \t]*\)?[ \t]*\??[ \t*_:]*"
-    r"(?:\\boxed\{)?[ \t*_]*(yes|no)\b",
-    re.IGNORECASE,
+    r"(?:\\boxed\{)?[ \t*_]*(yes|no)\b"
 )
 
 # Statuses.
@@ -141,26 +138,40 @@ def parse_verification(text: str, expected_steps: int | None = None) -> ParsedVe
     clean = strip_think(text or "")
     if not clean:
         return ParsedVerification(text=clean, status=EMPTY)
-    final = None
-    for m in _FINAL_RE.finditer(clean):
-        final = m.group(1).lower() == "yes"
-    headers = list(_VSTEP_RE.finditer(clean))
-    verdicts: list[bool | None] = []
-    for i, h in enumerate(headers):
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(clean)
-        block = clean[h.end() : end]
-        found = None
-        for v in _VERDICT_RE.finditer(block):
-            found = v.group(1).lower() in ("correct", "right")
-        verdicts.append(found)
-    if not headers:
+    lower = "\n" + clean.lower()
+    final = _final_verdict(lower)
+    starts = [m.start() for m in _VSTEP_RE.finditer(lower)]
+    verdicts: list[bool | None] = [None] * len(starts)
+    if starts:
+        # Each verdict belongs to the last header before it; a later verdict in a block wins.
+        block = 0
+        for v in _VERDICT_RE.finditer(lower, starts[0]):
+            while block + 1 < len(starts) and starts[block + 1] <= v.start():
+                block += 1
+            verdicts[block] = v.group(1) in ("correct", "right")
+    if not starts:
         status = NO_STEPS
     elif final is None:
         status = NO_FINAL
-    elif any(v is None for v in verdicts):
+    elif None in verdicts:
         status = MISSING_STEP_VERDICT
     elif expected_steps is not None and len(verdicts) != expected_steps:
         status = STEP_COUNT_MISMATCH
     else:
         status = OK
     return ParsedVerification(text=clean, step_verdicts=verdicts, final_verdict=final, status=status)
+
+
+def _final_verdict(lower: str) -> bool | None:
+    """The last parsable "is the answer correct (yes/no)? x" in lower-cased text."""
+    end = len(lower)
+    while True:
+        idx = lower.rfind(_FINAL_PHRASE, 0, end)
+        if idx < 0:
+            break
+        m = _FINAL_RE.match(lower, max(0, lower.rfind("is", 0, idx)))
+        if m:
+            return m.group(1) == "yes"
+        end = idx
+    return None
+

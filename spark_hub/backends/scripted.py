@@ -38,7 +38,12 @@ def _load_rules(path: Path) -> list[dict[str, Any]]:
         contains = rule.get("contains", [])
         if isinstance(contains, str):
             contains = [contains]
-        rules.append({"contains": contains, "completions": completions, "finish_reason": rule.get("finish_reason", "stop")})
+        rules.append({
+            "contains": contains,
+            "completions": completions,
+            "tokens": [len(c.split()) for c in completions],  # whitespace tokens, a stand-in count
+            "finish_reason": rule.get("finish_reason", "stop"),
+        })
     if not rules:
         raise SparkHubError("scripted backend file has no rules", where=str(path))
     return rules
@@ -76,13 +81,12 @@ class ScriptedBackend:
         out = []
         for request in requests:
             rule = self._match(request)
-            texts = rule["completions"]
+            texts, tokens = rule["completions"], rule["tokens"]
             out.append([
                 Completion(
                     text=texts[j % len(texts)],
                     finish_reason=rule["finish_reason"],
-                    prompt_tokens=0,
-                    completion_tokens=len(texts[j % len(texts)].split()),
+                    completion_tokens=tokens[j % len(texts)],
                 )
                 for j in range(request.n)
             ])

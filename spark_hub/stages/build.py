@@ -32,7 +32,7 @@ from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from spark_hub.progress import StageProgress
 from spark_hub.prompts import template_hash
 from spark_hub.records import Problem, Solution, StepRecord
-from spark_hub.schema import _validator
+from spark_hub.schema import fast_check
 from spark_hub.stages.aggregate import aggregate
 from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
 from spark_hub.stages.verify import parse_verifications, verification_request
@@ -298,8 +298,8 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     stats = LabelStats()
     records_out = ShardWriter(output_dir, "default", config.shard_rows)
     verifs_out = ShardWriter(output_dir, "verifications", config.shard_rows)
-    record_validator = _validator("step_record")
-    verification_validator = _validator("verification")
+    record_is_valid = fast_check("step_record")
+    verification_is_valid = fast_check("verification")
     gen_sampling = config.generator.sampling()
     ver_sampling = config.verifier.sampling()
     problems = inputs.problems
@@ -366,13 +366,13 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
                         cot_verification_index=agg.selected, cot_exact_match=agg.exact_match,
                     )
                     row = record.to_dict()
-                    if not record_validator.is_valid(row):
+                    if not record_is_valid(row):
                         _raise_invalid("step_record", row)
                     record_rows.append(row)
                     stats.add_record(record)
                     for v in verifications:
                         vrow = v.to_dict()
-                        if not verification_validator.is_valid(vrow):
+                        if not verification_is_valid(vrow):
                             _raise_invalid("verification", vrow)
                         verification_rows.append(vrow)
                         stats.add_verification_status(v.parse_status)
