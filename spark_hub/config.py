@@ -20,6 +20,8 @@ import yaml
 from spark_hub.backends.base import BackendConfig
 from spark_hub.errors import SparkHubError
 from spark_hub.stages.aggregate import AggregationConfig
+from spark_hub.stages.balance import BalanceConfig
+from spark_hub.stages.contamination import ContaminationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class BuildConfig:
     generator: RoleConfig = field(default_factory=_generator_default, metadata={"help": "Generator model and sampling (n = M solutions per problem)."})
     verifier: RoleConfig = field(default_factory=_verifier_default, metadata={"help": "Verifier model and sampling (n = N verifications per solution)."})
     aggregation: AggregationConfig = field(default_factory=AggregationConfig, metadata={"help": "How N verifications become step labels."})
+    balance: BalanceConfig = field(default_factory=BalanceConfig, metadata={"help": "Per-problem balancing of correct/incorrect solutions."})
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig, metadata={"help": "N-gram overlap check against benchmarks."})
     seed: int = field(default=42, metadata={"help": "Sampling seed (part of every request)."})
     output_dir: str | None = field(default=None, metadata={"help": "Output folder, laid out like a Hub dataset repo."})
     cache: str | None = field(default=None, metadata={"help": "Model-call cache (SQLite). Default: OUTPUT_DIR/.spark/cache.sqlite."})
@@ -107,6 +111,11 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def uses_references(self) -> bool:
+        """Whether labels or solution selection see reference answers (flagged in manifest and card)."""
+        return self.aggregation.method == "reference_guided" or self.balance.uses_references
 
 
 # ----------------------------------------------------------------------------- loading
@@ -156,6 +165,14 @@ def _coerce(value: Any, tp, name: str, where: str):
             return None
         non_none = [a for a in args if a is not type(None)]
         tp = non_none[0] if len(non_none) == 1 else tp
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SparkHubError(f"{name} must be a list of strings, got {value!r}", where=where)
+        return value
+    if typing.get_origin(tp) is dict and not isinstance(value, dict):
+        raise SparkHubError(f"{name} must be a mapping, got {value!r}", where=where)
     if tp is bool and not isinstance(value, bool):
         raise SparkHubError(f"{name} must be true or false, got {value!r}", where=where)
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -193,8 +210,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SparkHubError("a recipe must be a mapping of keys to values", where=str(path))
     # Input paths in a recipe may be written relative to the recipe itself.
-    def relative_to_recipe(node: dict, key: str) -> None:
-        value = node.get(key)
+    def relative_to_recipe(node, key) -> None:
+        value = node[key] if isinstance(node, list) else node.get(key)
         if isinstance(value, str) and not Path(value).exists() and (path.parent / value).exists():
             node[key] = str((path.parent / value).resolve())
 
@@ -203,6 +220,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     for role in ("generator", "verifier"):
         if isinstance(data.get(role), dict):
             relative_to_recipe(data[role], "model")
+    benchmarks = (data.get("contamination") or {}).get("benchmarks")
+    if isinstance(benchmarks, list):
+        for i, _ in enumerate(benchmarks):
+            relative_to_recipe(benchmarks, i)  # type: ignore[arg-type]
     return data
 
 

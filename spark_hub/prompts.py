@@ -122,10 +122,55 @@ Student Solution:
 Teacher Verification:"""
 )
 
+CRITIQUE_TEMPLATE = """\
+You are a math expert reviewing a teacher's step-by-step verification of a student's solution.
+Re-derive every step yourself, independently or from a different angle, and check whether the
+teacher's verdict for that step is right. Look for four kinds of mistakes in the verification:
+1. missed errors: a step marked correct that contains an error;
+2. false positives: a correct step marked incorrect;
+3. right verdict, wrong reasoning: the verdict is right but the explanation is wrong;
+4. an inconsistent final verdict: the final Yes/No contradicts the step verdicts.
+Go through the steps in order and, for each one, say whether the teacher's verdict and reasoning
+hold. Start your answer with "**Critique of the original verification**".
+
+Question: {problem}
+
+Student Solution:
+{solution}
+
+Teacher Verification:
+{verification}"""
+
+MERGE_TEMPLATE = """\
+Below are a student's solution, a teacher's verification of it, and an expert critique of that
+verification. Write ONE improved verification, as if written in a single pass by a careful teacher.
+- Where the critique found a mistake, fix the step verdict, the reasoning or the final verdict.
+- Where the critique agreed, keep the verdict and make the explanation clearer.
+- Never mention an "original verification" or a "critique".
+- Keep exactly this format and nothing else: one block per student step that starts with
+  "## Step k: <short title>", gives the analysis and ends with **This step is correct.** or
+  **This step is incorrect.**; after the last step the line
+  Verification: Is the answer correct (Yes/No)? X
+
+Question: {problem}
+
+Student Solution:
+{solution}
+
+Teacher Verification:
+{verification}
+
+Critique:
+{critique}
+
+Improved Teacher Verification:"""
+
 TEMPLATES = {
     "generator": GENERATOR_TEMPLATE,
     "verifier": VERIFIER_TEMPLATE,
     "reference_verifier": REFERENCE_VERIFIER_TEMPLATE,
+    "critique": CRITIQUE_TEMPLATE,
+    "merge": MERGE_TEMPLATE,
 }
 
 
@@ -158,4 +203,23 @@ def verifier_messages(
         text = REFERENCE_VERIFIER_TEMPLATE.format(
             problem=problem, solution=solution, reference=reference
         )
+    return [{"role": "user", "content": text}]
+
+
+def critique_messages(problem: str, steps: list[str], final_answer: str | None, verification: str) -> list[dict[str, str]]:
+    """Meta-critique, call 1: review a verification for the four kinds of mistakes."""
+    text = CRITIQUE_TEMPLATE.format(
+        problem=problem, solution=format_solution(steps, final_answer), verification=verification
+    )
+    return [{"role": "user", "content": text}]
+
+
+def merge_messages(
+    problem: str, steps: list[str], final_answer: str | None, verification: str, critique: str
+) -> list[dict[str, str]]:
+    """Meta-critique, call 2: fold the critique into one verification in the verifier format."""
+    text = MERGE_TEMPLATE.format(
+        problem=problem, solution=format_solution(steps, final_answer), verification=verification,
+        critique=critique,
+    )
     return [{"role": "user", "content": text}]

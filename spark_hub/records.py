@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_VERSION = "1"
@@ -115,7 +115,7 @@ class StepRecord:
     cot_target: str | None = None
     cot_verification_index: int | None = None
     cot_exact_match: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    cot_verification_id: str | None = None
 
     @property
     def id(self) -> str:
@@ -156,5 +156,6 @@ class StepRecord:
             "n_parsed": self.n_parsed,
             "cot_target": self.cot_target,
             "cot_verification_index": self.cot_verification_index,
+            "cot_verification_id": self.cot_verification_id,
             "cot_exact_match": self.cot_exact_match,
         }

@@ -52,6 +52,7 @@ def features(config: str):
             "n_parsed": Value("int32"),
             "cot_target": Value("string"),
             "cot_verification_index": Value("int32"),
+            "cot_verification_id": Value("string"),
             "cot_exact_match": Value("bool"),
         })
     if config == "verifications":

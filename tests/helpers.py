@@ -10,7 +10,7 @@ DATA = Path(__file__).parent / "data"
 def scripted_recipe(tmp_path: Path) -> Path:
     """Copy the scripted recipe and its files into ``tmp_path`` (tests may edit the copies)."""
     target = tmp_path / "scripted"
-    shutil.copytree(DATA / "scripted", target)
+    shutil.copytree(DATA / "scripted", target, dirs_exist_ok=True)
     shutil.copy(DATA / "problems_small.jsonl", tmp_path / "problems_small.jsonl")
     return target / "recipe.yaml"
 

@@ -58,7 +58,7 @@ def test_output_layout_and_manifest(tmp_path):
     assert manifest["models"]["verifier"]["file_hash"]
     assert set(manifest["prompts"]) == {"generator", "verifier"}
     assert manifest["inputs"]["problems"]["sha256"] and manifest["inputs"]["problems"]["rows"] == 3
-    assert manifest["seeds"] == {"sampling": 42}
+    assert manifest["seeds"] == {"sampling": 42, "balance": None}
     assert "torch" in manifest["packages"] and "datasets" in manifest["packages"]
     assert (out / "config.yaml").is_file() and (out / "README.md").is_file()
     assert set(manifest["files"]) >= {"README.md", "config.yaml", "data/train-00000-of-00001.parquet",

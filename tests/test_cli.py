@@ -91,7 +91,7 @@ def test_validate_reports_record_and_path(tmp_path):
         "generator": "g", "verifier": "v", "method": "step_consistency", "status": "ok", "labels": [True],
         "final_label": True, "first_error_step": -1, "votes_correct": [1], "votes_incorrect": [0],
         "agreement": [1.0], "final_votes_yes": 1, "final_votes_no": 0, "n_verifications": 1, "n_parsed": 1,
-        "cot_target": None, "cot_verification_index": None, "cot_exact_match": None,
+        "cot_target": None, "cot_verification_index": None, "cot_verification_id": None, "cot_exact_match": None,
     }
     wrong_label = dict(good, id="p/s1", labels=[True, "yes"])
     old = dict(good, id="p/s2", schema_version="0")

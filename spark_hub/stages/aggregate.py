@@ -12,6 +12,11 @@ Pure functions, no model calls. Definitions (all configurable through `Aggregati
   is not trusted), ``correct``, or ``drop`` (the solution stays unlabelled with status ``tie``).
 - **Methods**:
   ``single``: labels of the first complete verification (the N=1 baseline).
+  ``meta_critique`` / ``hybrid_outcome`` / ``hybrid_step``: the verification selected by
+  ``single`` / ``outcome_consistency`` / ``step_consistency`` is critiqued and merged (two more
+  calls, see `apply_merged`); the merged verification gives the labels and the CoT target.
+  ``reference_guided``: ``step_consistency`` over verifications that saw the reference answer
+  (the paper's ceiling baseline; such datasets are flagged as using references).
   ``outcome_consistency``: majority final verdict y*; labels of the first complete verification
   whose final verdict equals y*.
   ``step_consistency`` (the paper's winner): per-step majority labels, final label = y*.
@@ -23,12 +28,16 @@ Pure functions, no model calls. Definitions (all configurable through `Aggregati
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from spark_hub.errors import SparkHubError
 from spark_hub.parsing import OK, STEP_COUNT_MISMATCH, ParsedVerification
 
-METHODS = ("single", "outcome_consistency", "step_consistency")
+VOTE_METHODS = ("single", "outcome_consistency", "step_consistency")
+#: Meta-critique methods and the vote method whose selected verification they critique.
+META_METHODS = {"meta_critique": "single", "hybrid_outcome": "outcome_consistency", "hybrid_step": "step_consistency"}
+METHODS = VOTE_METHODS + tuple(META_METHODS) + ("reference_guided",)
 TIE_BREAKS = ("incorrect", "correct", "drop")
 STEP_MISMATCH = ("drop", "align")
 COT_TARGETS = ("closest", "exact")
@@ -41,6 +50,12 @@ class AggregationConfig:
     method: str = field(
         default="step_consistency",
         metadata={"help": f"Aggregation method: {', '.join(METHODS)}."},
+    )
+    critique_temperature: float = field(
+        default=0.0, metadata={"help": "Meta-critique: temperature of the critique and merge calls (paper: 0)."}
+    )
+    critique_max_tokens: int = field(
+        default=2048, metadata={"help": "Meta-critique: max new tokens of the critique and merge calls."}
     )
     tie_break: str = field(
         default="incorrect",
@@ -86,6 +101,14 @@ class Aggregate:
     selected: int | None = None
     """Index of the verification whose text is the PRM-CoT target."""
     exact_match: bool | None = None
+
+
+def base_method(method: str) -> str:
+    """The vote method behind ``method`` (meta-critique methods critique its selection;
+    ``reference_guided`` votes like ``step_consistency`` over reference-guided verifications)."""
+    if method in META_METHODS:
+        return META_METHODS[method]
+    return "step_consistency" if method == "reference_guided" else method
 
 
 def _majority(yes: int, no: int, tie_break: str) -> bool | None:
@@ -157,7 +180,8 @@ def aggregate(
     if n_steps == 0:
         return unlabelled("no_steps")
 
-    if config.method == "single":
+    method = base_method(config.method)
+    if method == "single":
         if not complete:
             return unlabelled("no_valid_verification")
         i = complete[0]
@@ -173,7 +197,7 @@ def aggregate(
     if final is None:
         return unlabelled("tie")
 
-    if config.method == "outcome_consistency":
+    if method == "outcome_consistency":
         for i in complete:
             if verifications[i].final_verdict is final:
                 v = verifications[i]
@@ -183,7 +207,7 @@ def aggregate(
                 )
         return unlabelled("no_consistent_verification")
 
-    if config.method == "step_consistency":
+    if method == "step_consistency":
         if sum(votes_c) + sum(votes_i) == 0:
             return unlabelled("no_valid_verification")
         labels = []
@@ -201,6 +225,22 @@ def aggregate(
         )
 
     raise SparkHubError(f"unknown aggregation method {config.method!r}", hint=f"valid: {', '.join(METHODS)}")
+
+
+def apply_merged(base: Aggregate, merged: ParsedVerification | None, n_steps: int) -> Aggregate:
+    """Meta-critique: the merged verification's labels replace the base selection's.
+
+    The merged text must parse completely (one verdict per step and a final verdict); otherwise the
+    solution stays unlabelled with status ``merge_failed``. Votes and agreement stay those of the N
+    sampled verifications.
+    """
+    if base.status != "ok" or merged is None:
+        return base
+    if merged.status != OK or len(merged.step_verdicts) != n_steps:
+        return dataclasses.replace(base, status="merge_failed", labels=None, final_label=None,
+                                   selected=None, exact_match=None)
+    return dataclasses.replace(base, labels=list(merged.step_verdicts), final_label=merged.final_verdict,
+                               exact_match=True)
 
 
 def _select_cot(
@@ -224,4 +264,4 @@ def _select_cot(
     return None, None
 
 
-__all__ = ["AggregationConfig", "Aggregate", "aggregate", "METHODS", "STEP_COUNT_MISMATCH"]
+__all__ = ["AggregationConfig", "Aggregate", "aggregate", "apply_merged", "base_method", "METHODS", "META_METHODS"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spark_hub import __version__
-from spark_hub.backends.base import load_backend
+from spark_hub.backends.base import GenerationRequest, load_backend
 from spark_hub.cache import CachedBackend, CallCache
 from spark_hub.config import BuildConfig, dump_yaml
 from spark_hub.errors import SparkHubError
@@ -30,10 +30,12 @@ from spark_hub.inputs import load_problems, load_solutions
 from spark_hub.io import atomic_write_text, sha256_file
 from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from spark_hub.progress import StageProgress
-from spark_hub.prompts import template_hash
-from spark_hub.records import Problem, Solution, StepRecord
+from spark_hub.parsing import strip_think
+from spark_hub.prompts import critique_messages, merge_messages, template_hash
+from spark_hub.records import Problem, Solution, StepRecord, Verification
 from spark_hub.schema import fast_check
-from spark_hub.stages.aggregate import aggregate
+from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate, apply_merged
+from spark_hub.stages.balance import balance_problem
 from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
 from spark_hub.stages.verify import parse_verifications, verification_request
 from spark_hub.storage import ShardWriter, finalize_shards
@@ -82,24 +84,29 @@ class LabelStats:
         self.cot_exact = 0
         self.cot_targets = 0
         self.tokens: dict[str, int] = {"generator": 0, "verifier": 0}
+        self.kept_problems: set[str] = set()
+        self.meta_calls: dict[str, int] = {}
+        self.merge_status: dict[str, int] = {}
 
     @staticmethod
     def _bump(d: dict[str, int], key: str) -> None:
         d[key] = d.get(key, 0) + 1
 
-    def add_record(self, record: StepRecord) -> None:
+    def add_record_row(self, record: dict[str, Any]) -> None:
         self.solutions += 1
-        self._bump(self.solution_status, record.solution_status)
-        self._bump(self.record_status, record.status)
-        if record.labels is not None:
-            n_ok = sum(record.labels)
+        self.kept_problems.add(record["problem_id"])
+        self._bump(self.solution_status, record["solution_status"])
+        self._bump(self.record_status, record["status"])
+        labels = record["labels"]
+        if labels is not None:
+            n_ok = sum(labels)
             self.steps_correct += n_ok
-            self.steps_incorrect += len(record.labels) - n_ok
-            if record.final_label:
+            self.steps_incorrect += len(labels) - n_ok
+            if record["final_label"]:
                 self.final_yes += 1
             else:
                 self.final_no += 1
-            for i, a in enumerate(record.agreement):
+            for i, a in enumerate(record["agreement"]):
                 if a is None:
                     continue
                 self.agreement_sum += a
@@ -108,11 +115,16 @@ class LabelStats:
                 if i < AGREEMENT_STEPS:
                     self.by_step_sum[i] += a
                     self.by_step_n[i] += 1
-            if record.cot_target is not None:
+            if record["cot_target"] is not None:
                 self.cot_targets += 1
-                self.cot_exact += bool(record.cot_exact_match)
+                self.cot_exact += bool(record["cot_exact_match"])
 
-    def add_verification_status(self, status: str) -> None:
+    def add_verification_status(self, status: str, kind: str = "sample") -> None:
+        if kind != "sample":
+            self._bump(self.meta_calls, kind)
+            if kind == "merged":
+                self._bump(self.merge_status, status)
+            return
         self.verifications += 1
         self._bump(self.verification_status, status)
 
@@ -143,6 +155,8 @@ class LabelStats:
             "agreement_by_step": by_step,
             "cot_exact_match_rate": round(self.cot_exact / self.cot_targets, 4) if self.cot_targets else None,
             "completion_tokens": dict(self.tokens),
+            "meta_critique": {"calls": dict(sorted(self.meta_calls.items())),
+                              "merge_status": dict(sorted(self.merge_status.items()))} if self.meta_calls else None,
         }
 
 
@@ -216,15 +230,24 @@ def build_key(config: BuildConfig, inputs: Inputs, fingerprints: dict[str, str])
         "generator": config.generator.sampling() if not config.solutions else None,
         "verifier": config.verifier.sampling(),
         "aggregation": dataclasses.asdict(config.aggregation),
+        "balance": dataclasses.asdict(config.balance),
+        "contamination": {**dataclasses.asdict(config.contamination),
+                          "hashes": [sha256_file(b) for b in config.contamination.benchmarks if Path(b).is_file()]},
         "seed": config.seed,
-        "prompts": prompt_hashes(),
+        "prompts": prompt_hashes(config),
         "shard_rows": config.shard_rows,
     }
     return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()
 
 
-def prompt_hashes() -> dict[str, str]:
-    return {name: template_hash(name) for name in ("generator", "verifier")}
+def prompt_hashes(config: BuildConfig) -> dict[str, str]:
+    """sha256 of every template this build uses."""
+    names = ["verifier" if config.aggregation.method != "reference_guided" else "reference_verifier"]
+    if not config.solutions:
+        names.insert(0, "generator")
+    if config.aggregation.method in META_METHODS:
+        names += ["critique", "merge"]
+    return {name: template_hash(name) for name in names}
 
 
 def finished_build(output_dir: Path, key: str) -> dict[str, Any] | None:
@@ -260,6 +283,43 @@ def _check_output_dir(output_dir: Path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
+def _engine_free(config) -> dict[str, Any]:
+    """A role's backend settings without the engine knobs (to decide whether roles share a model)."""
+    d = dataclasses.asdict(config.backend_config())
+    for knob in ("batch_size", "max_concurrency", "max_retries", "timeout"):
+        d.pop(knob, None)
+    return d
+
+
+def load_backends(config: BuildConfig, *, need_generator: bool):
+    """The verifier backend and, when needed, the generator backend (one instance if identical)."""
+    verifier = load_backend(config.verifier.backend_config())
+    generator = None
+    if need_generator:
+        same = _engine_free(config.generator) == _engine_free(config.verifier)
+        generator = verifier if same else load_backend(config.generator.backend_config())
+    return generator, verifier
+
+
+def apply_contamination(config: BuildConfig, inputs: Inputs) -> dict[str, Any] | None:
+    """Run the contamination check (if configured) and drop matches when asked; returns the report."""
+    if not config.contamination.benchmarks:
+        return None
+    from spark_hub.stages.contamination import check
+
+    report = check(inputs.problems, config.contamination)
+    if report["matched"]:
+        logger.warning("%d of %d problems overlap with benchmarks (%s)%s", report["matched"], report["checked"],
+                       ", ".join(f"{k}: {v['matched']}" for k, v in report["benchmarks"].items() if v["matched"]),
+                       "; dropping them" if config.contamination.decontaminate else "")
+    if config.contamination.decontaminate and report["matched"]:
+        drop = set(report["matched_ids"])
+        inputs.problems = [p for p in inputs.problems if p.id not in drop]
+        if not inputs.problems:
+            raise SparkHubError("every problem matched a benchmark; nothing left after decontamination")
+    return report
+
+
 def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     """Run Stage I end to end (resumable). Returns a `BuildResult`."""
     t0 = time.monotonic()
@@ -267,13 +327,20 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
         raise SparkHubError("output_dir is not set", hint="--output-dir DIR")
     output_dir = Path(config.output_dir)
     _check_output_dir(output_dir)
+    method = config.aggregation.method
 
-    # ---- inputs (validated before anything is written)
+    # ---- inputs (validated before anything is written), contamination check
     inputs = load_inputs(config)
+    if method == "reference_guided":
+        missing = next((p for p in inputs.problems if not p.reference), None)
+        if missing is not None:
+            raise SparkHubError(f"aggregation.method=reference_guided needs a reference answer for every problem; "
+                                f"problem {missing.id!r} has none", where=missing.source,
+                                hint=f"set --set answer_field=NAME")
+    contamination = apply_contamination(config, inputs)
 
     # ---- models (weights load lazily: a finished build never loads them)
-    verifier_backend = load_backend(config.verifier.backend_config())
-    generator_backend = None if inputs.given is not None else load_backend(config.generator.backend_config())
+    generator_backend, verifier_backend = load_backends(config, need_generator=inputs.given is None)
     fingerprints = {"verifier": verifier_backend.fingerprint()}
     if generator_backend is not None:
         fingerprints["generator"] = generator_backend.fingerprint()
@@ -298,88 +365,67 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     stats = LabelStats()
     records_out = ShardWriter(output_dir, "default", config.shard_rows)
     verifs_out = ShardWriter(output_dir, "verifications", config.shard_rows)
-    record_is_valid = fast_check("step_record")
-    verification_is_valid = fast_check("verification")
-    gen_sampling = config.generator.sampling()
-    ver_sampling = config.verifier.sampling()
     problems = inputs.problems
     stats.problems = len(problems)
+    labeller = Labeller(config, verifier.model_id, generator.model_id if generator is not None else "given")
 
     with StageProgress(enabled=progress) as bar:
+        per_problem = config.generator.n if generator is not None else 1
         if generator is not None:
             bar.add("generate", len(problems))
-        bar.add("verify", len(problems) * (config.generator.n if generator is not None else 1))
-        n_solutions_seen = 0
+        bar.add("verify", len(problems) * per_problem)
+        if method in META_METHODS:
+            bar.add("critique", len(problems) * per_problem)
+            bar.add("merge", len(problems) * per_problem)
+
+        def tick(task):
+            return lambda rs, outs: bar.advance(task, len(rs), sum(c.completion_tokens for o in outs for c in o))
+
         for start in range(0, len(problems), config.chunk_size):
             chunk = problems[start : start + config.chunk_size]
 
-            # ---- solutions
+            # ---- solutions: one request with n=M per problem (or the given ones)
             if generator is not None:
-                requests = [solution_request(p, gen_sampling, config.seed) for p in chunk]
-                outputs = generator.generate(
-                    requests,
-                    on_batch=lambda rs, outs: bar.advance(
-                        "generate", len(rs), sum(c.completion_tokens for o in outs for c in o)),
-                )
+                requests = [solution_request(p, config.generator.sampling(), config.seed) for p in chunk]
+                outputs = generator.generate(requests, on_batch=tick("generate"))
                 solutions = {p.id: parse_solutions(p, out) for p, out in zip(chunk, outputs)}
                 stats.tokens["generator"] += sum(c.completion_tokens for o in outputs for c in o)
             else:
                 solutions = {p.id: given_solutions(p, inputs.given[p.id]) for p in chunk}
-                n_solutions_seen += sum(len(s) for s in solutions.values())
-                bar.add("verify", n_solutions_seen + (len(problems) - start - len(chunk)))
+            pairs = [(p, s) for p in chunk for s in solutions[p.id]]
+            with_steps = [(p, s) for p, s in pairs if s.steps]
+            if len(with_steps) < len(pairs):
+                for task in ("verify", "critique", "merge") if method in META_METHODS else ("verify",):
+                    bar.advance(task, len(pairs) - len(with_steps))
 
-            # ---- verifications: one request with n=N per solution that has steps
-            pairs: list[tuple[Problem, Solution]] = [
-                (p, s) for p in chunk for s in solutions[p.id] if s.steps
-            ]
-            requests = [verification_request(p, s, ver_sampling, config.seed) for p, s in pairs]
-            skipped = sum(1 for p in chunk for s in solutions[p.id] if not s.steps)
-            if skipped:
-                bar.advance("verify", skipped)
-            outputs = verifier.generate(
-                requests,
-                on_batch=lambda rs, outs: bar.advance(
-                    "verify", len(rs), sum(c.completion_tokens for o in outs for c in o)),
-            )
-            by_solution = {(p.id, s.index): out for (p, s), out in zip(pairs, outputs)}
+            # ---- N verifications: one request with n=N per solution
+            requests = [verification_request(p, s, config.verifier.sampling(), config.seed,
+                                             with_reference=method == "reference_guided") for p, s in with_steps]
+            outputs = verifier.generate(requests, on_batch=tick("verify"))
+            verifications = {
+                (s.problem_id, s.index): parse_verifications(s, out, verifier.model_id)
+                for (_, s), out in zip(with_steps, outputs)
+            }
+            stats.tokens["verifier"] += sum(c.completion_tokens for o in outputs for c in o)
 
-            # ---- parse, aggregate, validate, write
-            record_rows, verification_rows = [], []
-            for p in chunk:
-                for s in solutions[p.id]:
-                    completions = by_solution.get((p.id, s.index), [])
-                    verifications = parse_verifications(s, completions, verifier.model_id)
-                    stats.tokens["verifier"] += sum(c.completion_tokens for c in completions)
-                    agg = aggregate(verifications, len(s.steps), config.aggregation)
-                    record = StepRecord(
-                        problem_id=p.id, problem=p.problem, reference=p.reference,
-                        solution_index=s.index, solution=s.text, steps=s.steps,
-                        final_answer=s.final_answer, solution_status=s.status,
-                        generator=generator.model_id if generator is not None else "given",
-                        verifier=verifier.model_id, method=config.aggregation.method,
-                        labels=agg.labels, final_label=agg.final_label,
-                        votes_correct=agg.votes_correct, votes_incorrect=agg.votes_incorrect,
-                        agreement=agg.agreement, final_votes_yes=agg.final_votes_yes,
-                        final_votes_no=agg.final_votes_no, n_verifications=len(verifications),
-                        n_parsed=agg.n_parsed, status=agg.status,
-                        cot_target=verifications[agg.selected].text if agg.selected is not None else None,
-                        cot_verification_index=agg.selected, cot_exact_match=agg.exact_match,
-                    )
-                    row = record.to_dict()
-                    if not record_is_valid(row):
-                        _raise_invalid("step_record", row)
-                    record_rows.append(row)
-                    stats.add_record(record)
-                    for v in verifications:
-                        vrow = v.to_dict()
-                        if not verification_is_valid(vrow):
-                            _raise_invalid("verification", vrow)
-                        verification_rows.append(vrow)
-                        stats.add_verification_status(v.parse_status)
+            # ---- aggregate (+ meta-critique: critique, then merge, on the selected verification)
+            labelled = labeller.aggregate(pairs, verifications)
+            if method in META_METHODS:
+                labelled = labeller.meta_critique(labelled, verifier, tick, stats)
+
+            # ---- records, balancing, validation, write
+            record_rows, verification_rows = labeller.rows(labelled)
+            if config.balance.enabled:
+                record_rows = balance_rows(record_rows, config)
+            for row in record_rows:
+                stats.add_record_row(row)
+            for row in verification_rows:
+                stats.add_verification_status(row["parse_status"], row["kind"])
             records_out.write(record_rows)
             verifs_out.write(verification_rows)
 
     statistics = stats.to_dict()
+    statistics["problems_dropped_unbalanced"] = stats.problems - len(stats.kept_problems) if config.balance.enabled else 0
     model_requests = {"generator": generator.model_requests if generator else 0,
                       "verifier": verifier.model_requests}
     statistics["model_requests"] = model_requests
@@ -399,24 +445,137 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
         "dataset",
         config=config.to_dict(),
         models=models,
-        prompts=prompt_hashes(),
-        seeds={"sampling": config.seed},
+        prompts=prompt_hashes(config),
+        seeds={"sampling": config.seed, "balance": config.seed if config.balance.enabled else None},
         inputs=inputs.provenance,
         statistics=statistics,
-        uses_references=False,
+        contamination=contamination,
+        uses_references=config.uses_references,
         build_key=key,
     )
     _write_card(output_dir, manifest)
     manifest = json.loads(write_manifest(output_dir, manifest).read_text())
     cache.close()
-    for backend in (generator_backend, verifier_backend):
-        if backend is not None:
-            backend.close()
+    for backend in {id(b): b for b in (generator_backend, verifier_backend) if b is not None}.values():
+        backend.close()
     result = BuildResult(output_dir, manifest, statistics, reused=False,
                          model_requests=model_requests, seconds=time.monotonic() - t0)
     logger.info("wrote %s (%d records, %d verifications) in %.1fs", output_dir,
                 statistics["records"], statistics["verifications"], result.seconds)
     return result
+
+
+@dataclass
+class Labelled:
+    """One solution on its way to a step record."""
+
+    problem: Problem
+    solution: Solution
+    verifications: list[Verification]
+    aggregate: Aggregate
+    critique: Verification | None = None
+    merged: Verification | None = None
+
+
+class Labeller:
+    """Aggregation, meta-critique and row building for one build (pure apart from model calls)."""
+
+    def __init__(self, config: BuildConfig, verifier_id: str, generator_id: str):
+        self.config = config
+        self.verifier_id = verifier_id
+        self.generator_id = generator_id
+        self.record_is_valid = fast_check("step_record")
+        self.verification_is_valid = fast_check("verification")
+
+    def aggregate(self, pairs, verifications) -> list[Labelled]:
+        out = []
+        for p, s in pairs:
+            vs = verifications.get((s.problem_id, s.index), [])
+            out.append(Labelled(p, s, vs, aggregate(vs, len(s.steps), self.config.aggregation)))
+        return out
+
+    def meta_critique(self, labelled: list[Labelled], verifier: CachedBackend, tick, stats) -> list[Labelled]:
+        """Critique, then merge, the selected verification of every labelled solution (T=0, n=1)."""
+        agg_cfg = self.config.aggregation
+        sampling = {"n": 1, "temperature": agg_cfg.critique_temperature, "top_p": 1.0,
+                    "max_tokens": agg_cfg.critique_max_tokens}
+        todo = [item for item in labelled if item.aggregate.status == "ok" and item.aggregate.selected is not None]
+        skipped = len(labelled) - len(todo) - sum(1 for item in labelled if not item.solution.steps)
+        for task in ("critique", "merge"):
+            tick(task)([None] * skipped, [])
+        base_texts = [item.verifications[item.aggregate.selected].text for item in todo]
+        requests = [GenerationRequest.from_chat(
+            critique_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text),
+            seed=self.config.seed, **sampling) for item, text in zip(todo, base_texts)]
+        critiques = verifier.generate(requests, on_batch=tick("critique"))
+        requests = [GenerationRequest.from_chat(
+            merge_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text,
+                           strip_think(out[0].text)),
+            seed=self.config.seed, **sampling) for item, text, out in zip(todo, base_texts, critiques)]
+        merges = verifier.generate(requests, on_batch=tick("merge"))
+        for item, crit, merged in zip(todo, critiques, merges):
+            stats.tokens["verifier"] += crit[0].completion_tokens + merged[0].completion_tokens
+            item.critique = _unparsed(item.solution, crit[0], self.verifier_id)
+            item.merged = parse_verifications(item.solution, merged, self.verifier_id, kind="merged")[0]
+            item.aggregate = apply_merged(item.aggregate, item.merged, len(item.solution.steps))
+        return labelled
+
+    def rows(self, labelled: list[Labelled]) -> tuple[list[dict], list[dict]]:
+        """Validated step-record rows and verification rows (samples, critiques, merges)."""
+        config = self.config
+        record_rows, verification_rows = [], []
+        for item in labelled:
+            p, s, agg = item.problem, item.solution, item.aggregate
+            if item.merged is not None and agg.status == "ok":
+                cot_text, cot_id = item.merged.text, item.merged.id
+            elif agg.selected is not None and agg.status == "ok":
+                cot_text, cot_id = item.verifications[agg.selected].text, item.verifications[agg.selected].id
+            else:
+                cot_text = cot_id = None
+            record = StepRecord(
+                problem_id=p.id, problem=p.problem, reference=p.reference,
+                solution_index=s.index, solution=s.text, steps=s.steps,
+                final_answer=s.final_answer, solution_status=s.status,
+                generator=self.generator_id, verifier=self.verifier_id, method=config.aggregation.method,
+                labels=agg.labels, final_label=agg.final_label,
+                votes_correct=agg.votes_correct, votes_incorrect=agg.votes_incorrect,
+                agreement=agg.agreement, final_votes_yes=agg.final_votes_yes,
+                final_votes_no=agg.final_votes_no, n_verifications=len(item.verifications),
+                n_parsed=agg.n_parsed, status=agg.status, cot_target=cot_text,
+                cot_verification_index=agg.selected if cot_text is not None else None,
+                cot_verification_id=cot_id, cot_exact_match=agg.exact_match if cot_text is not None else None,
+            )
+            row = record.to_dict()
+            if not self.record_is_valid(row):
+                _raise_invalid("step_record", row)
+            record_rows.append(row)
+            for v in [*item.verifications, *(x for x in (item.critique, item.merged) if x is not None)]:
+                vrow = v.to_dict()
+                if not self.verification_is_valid(vrow):
+                    _raise_invalid("verification", vrow)
+                verification_rows.append(vrow)
+        return record_rows, verification_rows
+
+
+def _unparsed(solution: Solution, completion, verifier_id: str) -> Verification:
+    """A critique: kept verbatim, not parsed into verdicts."""
+    return Verification(
+        problem_id=solution.problem_id, solution_index=solution.index, index=0, verifier=verifier_id,
+        raw_text=completion.text, text=strip_think(completion.text), step_verdicts=[], final_verdict=None,
+        parse_status="not_parsed", expected_steps=len(solution.steps), finish_reason=completion.finish_reason,
+        completion_tokens=completion.completion_tokens, kind="critique",
+    )
+
+
+def balance_rows(rows: list[dict[str, Any]], config: BuildConfig) -> list[dict[str, Any]]:
+    """Apply per-problem balancing to the step records of whole problems (a chunk)."""
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_problem.setdefault(row["problem_id"], []).append(row)
+    kept = []
+    for group in by_problem.values():
+        kept.extend(balance_problem(group, config.balance, config.seed))
+    return kept
 
 
 def _write_card(output_dir: Path, manifest: dict[str, Any]) -> None:

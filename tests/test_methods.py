@@ -1,0 +1,117 @@
+"""Every Stage I method on the scripted backend: meta-critique, hybrids, reference-guided, balancing."""
+
+import json
+
+import pytest
+
+from helpers import read_rows, scripted_recipe
+from spark_hub.config import load_build_config
+from spark_hub.errors import SparkHubError
+from spark_hub.stages import build
+
+# The merged verifications in tests/data/scripted/verifier_meta.jsonl, per solution.
+MERGED_LABELS = {
+    "gsm8k-test-134/s0": ("ok", [True, True], True),
+    "gsm8k-test-134/s1": ("ok", [True, False], False),
+    "gsm8k-test-117/s0": ("merge_failed", None, None),  # the merge output does not parse
+    "gsm8k-test-117/s1": ("no_steps", None, None),
+    "gsm8k-test-1/s0": ("ok", [True, True], True),  # the merge fixed the tied verdict
+    "gsm8k-test-1/s1": ("ok", [False, False], False),
+}
+# Which of the N sampled verifications each method critiques (selected by its vote method).
+SELECTED = {
+    "meta_critique": {"gsm8k-test-134/s0": 0, "gsm8k-test-134/s1": 0, "gsm8k-test-1/s0": 0, "gsm8k-test-1/s1": 0},
+    "hybrid_outcome": {"gsm8k-test-134/s0": 0, "gsm8k-test-134/s1": 0, "gsm8k-test-1/s0": 1, "gsm8k-test-1/s1": 0},
+    "hybrid_step": {"gsm8k-test-134/s0": 0, "gsm8k-test-134/s1": 0, "gsm8k-test-1/s0": 0, "gsm8k-test-1/s1": 0},
+}
+
+
+def run(tmp_path, *overrides, verifier="verifier.jsonl"):
+    recipe = scripted_recipe(tmp_path)
+    config = load_build_config(recipe, [f"verifier.model={recipe.parent / verifier}", *overrides],
+                               output_dir=str(tmp_path / "out"))
+    return build.main(config, progress=False)
+
+
+@pytest.mark.parametrize("method", ["meta_critique", "hybrid_outcome", "hybrid_step"])
+def test_meta_critique_methods(tmp_path, method):
+    result = run(tmp_path, f"aggregation.method={method}", verifier="verifier_meta.jsonl")
+    records = {r["id"]: r for r in read_rows(tmp_path / "out")}
+    for rid, (status, labels, final) in MERGED_LABELS.items():
+        assert (records[rid]["status"], records[rid]["labels"], records[rid]["final_label"]) == (status, labels, final), rid
+    for rid, index in SELECTED[method].items():
+        assert records[rid]["cot_verification_index"] == index, rid
+        assert records[rid]["cot_verification_id"] == f"{rid}/m0"
+    verifications = {v["id"]: v for v in read_rows(tmp_path / "out", "verifications")}
+    merged = verifications["gsm8k-test-1/s0/m0"]
+    assert merged["kind"] == "merged" and merged["step_verdicts"] == [True, True]
+    assert records["gsm8k-test-1/s0"]["cot_target"] == merged["text"]
+    critique = verifications["gsm8k-test-1/s0/c0"]
+    assert critique["kind"] == "critique" and critique["parse_status"] == "not_parsed"
+    # two calls (critique, merge) per labelled solution with a selection: 4 + 1 merge-failed
+    assert result.model_requests["verifier"] == 5 + 2 * 5
+    assert result.statistics["meta_critique"]["calls"] == {"critique": 5, "merged": 5}
+    assert set(result.manifest["prompts"]) == {"generator", "verifier", "critique", "merge"}
+    assert result.statistics["verifications"] == 15  # sampled verifications only
+
+
+def test_reference_guided(tmp_path):
+    result = run(tmp_path, "aggregation.method=reference_guided")
+    assert result.manifest["uses_references"] is True
+    assert "reference_verifier" in result.manifest["prompts"]
+    card = (tmp_path / "out" / "README.md").read_text().lower()
+    assert "reference" in card
+    # the verifier prompt carried the reference answer
+    cache_rows = build.CallCache(tmp_path / "out" / ".spark" / "cache.sqlite")
+    assert len(cache_rows) == 3 + 5
+
+
+def test_reference_guided_needs_references(tmp_path):
+    problems = tmp_path / "noref.jsonl"
+    problems.write_text(json.dumps({"id": "x", "problem": "Tom gets 4 car washes a month."}) + "\n")
+    with pytest.raises(SparkHubError, match="needs a reference answer for every problem; problem 'x' has none"):
+        run(tmp_path, "aggregation.method=reference_guided", f"problems={problems}")
+
+
+def test_balance_by_majority_verdict(tmp_path):
+    result = run(tmp_path, "balance.enabled=true")
+    records = read_rows(tmp_path / "out")
+    # Tom: one Yes + one No are kept; the shoes (one unlabelled) and the robe (two No) are dropped
+    assert sorted(r["id"] for r in records) == ["gsm8k-test-134/s0", "gsm8k-test-134/s1"]
+    assert result.statistics["problems_dropped_unbalanced"] == 2
+    assert result.manifest["uses_references"] is False
+    assert len(read_rows(tmp_path / "out", "verifications")) == 15  # raw verdicts are all kept
+
+
+def test_balance_by_ground_truth(tmp_path):
+    result = run(tmp_path, "balance.enabled=true", "balance.by=ground_truth")
+    records = read_rows(tmp_path / "out")
+    # math-verify: 720 and 3 are right, 600 and 6 are wrong; the shoes have no wrong solution
+    assert sorted(r["id"] for r in records) == ["gsm8k-test-1/s0", "gsm8k-test-1/s1",
+                                                "gsm8k-test-134/s0", "gsm8k-test-134/s1"]
+    assert result.manifest["uses_references"] is True
+    assert "reference" in (tmp_path / "out" / "README.md").read_text().lower()
+
+
+def test_balance_caps_per_class(tmp_path):
+    from spark_hub.stages.balance import BalanceConfig, balance_problem
+
+    rows = [{"problem_id": "p", "status": "ok", "final_label": i % 3 != 0, "solution_index": i} for i in range(8)]
+    kept = balance_problem(rows, BalanceConfig(enabled=True, per_class=3), seed=42)
+    assert [r["final_label"] for r in kept].count(True) == 3 and [r["final_label"] for r in kept].count(False) == 3
+    assert kept == balance_problem(rows, BalanceConfig(enabled=True, per_class=3), seed=42)  # seeded
+
+
+def test_contamination_report_and_decontaminate(tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "b1", "problem": "Tom gets 4 car washes a month.  If each car wash costs $15 "
+                                 "how much does he pay in a year?"}) + "\n")
+    result = run(tmp_path, f"contamination.benchmarks=[{bench}]")
+    report = result.manifest["contamination"]
+    assert report["matched"] == 1 and report["matches"][0]["problem_id"] == "gsm8k-test-134"
+    assert "contamination" in (tmp_path / "out" / "README.md").read_text().lower()
+    assert result.statistics["problems"] == 3
+
+    result = run(tmp_path, f"contamination.benchmarks=[{bench}]", "contamination.decontaminate=true")
+    assert result.statistics["problems"] == 2
+    assert "gsm8k-test-134" not in {r["problem_id"] for r in read_rows(tmp_path / "out")}
