@@ -80,6 +80,8 @@ class CachedBackend:
         self.hits = 0
         self.model_requests = 0
         self.model_calls = 0
+        self.model_seconds = 0.0
+        """Wall time spent inside the backend (model time, for throughput estimates)."""
 
     @property
     def model_id(self) -> str:
@@ -112,7 +114,9 @@ class CachedBackend:
                 unique.append(i)
         for start in range(0, len(unique), self.batch_size):
             batch = unique[start : start + self.batch_size]
+            started = time.perf_counter()
             outputs = self.backend.generate([requests[i] for i in batch])
+            self.model_seconds += time.perf_counter() - started
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"backend {type(self.backend).__name__} returned {len(outputs)} results for {len(batch)} requests"

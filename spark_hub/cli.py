@@ -77,12 +77,18 @@ def cli():
 @click.option("--push", is_flag=True, default=None, help="Push the dataset to the Hub when done.")
 @click.option("--hub-repo", help="Hub dataset repo id for --push.")
 @click.option("--hub-revision", help="Branch for --push (default main).")
+@click.option("--decontaminate", is_flag=True, default=None,
+              help="Drop problems that overlap with contamination.benchmarks before generation.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (calls, tokens, GPU-hours); no model calls, no writes.")
+@click.option("--pilot", type=int, metavar="K", help="Run K problems for real and report label quality first.")
+@click.option("--throughput", type=float, metavar="TOK/S", help="Decode throughput for --dry-run GPU-hours.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @verbose_option
 @quiet_option
 @user_errors
 def build_dataset(config_path, problems, problems_revision, solutions, limit, overrides, output_dir,
-                  push, hub_repo, hub_revision, no_progress, verbose, quiet):
+                  push, hub_repo, hub_revision, decontaminate, dry_run, pilot, throughput, no_progress,
+                  verbose, quiet):
     """Stage I: generate M solutions per problem, verify each N times without the reference,
     aggregate the verdicts into step labels, and write a step-verification dataset.
 
@@ -93,11 +99,22 @@ def build_dataset(config_path, problems, problems_revision, solutions, limit, ov
     from spark_hub.config import load_build_config
     from spark_hub.stages import build
 
+    overrides = list(overrides) + (["contamination.decontaminate=true"] if decontaminate else [])
     config = load_build_config(
-        config_path, list(overrides), problems=problems, problems_revision=problems_revision,
+        config_path, overrides, problems=problems, problems_revision=problems_revision,
         solutions=solutions, limit=limit, output_dir=output_dir, push=push, hub_repo=hub_repo,
         hub_revision=hub_revision,
     )
+    if dry_run:
+        from spark_hub.stages.plan import dry_run as plan_build, format_plan
+
+        click.echo(format_plan(plan_build(config, throughput=throughput)))
+        return
+    if pilot is not None:
+        from spark_hub.stages.plan import format_pilot, pilot as run_pilot
+
+        click.echo(format_pilot(run_pilot(config, pilot, progress=not no_progress and not quiet)))
+        return
     result = build.main(config, progress=not no_progress and not quiet)
     if not quiet:
         print_summary(result)

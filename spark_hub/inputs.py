@@ -82,8 +82,25 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise SparkHubError(f"unsupported input format {suffix or '(none)'!r} for {path}", hint="use .jsonl, .json or .parquet")
 
 
+def _lookup(row: dict[str, Any], name: str) -> Any:
+    """``row[name]``; dotted names walk nested mappings (``reward_model.ground_truth``)."""
+    if name in row:
+        return row[name]
+    node: Any = row
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _text_field(row: dict[str, Any], name: str, where: str, *, required: bool) -> str | None:
-    if name not in row or row[name] is None:
+    value = _lookup(row, name)
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        # a chat prompt (list of messages): the problem is the last user message
+        users = [m for m in value if m.get("role", "user") == "user"] or value
+        value = users[-1]["content"]
+    if value is None:
         if required:
             present = ", ".join(sorted(map(str, row))) or "none"
             raise SparkHubError(
@@ -92,7 +109,6 @@ def _text_field(row: dict[str, Any], name: str, where: str, *, required: bool) -
                 hint=f"map it with --set problem_field=NAME" if name else None,
             )
         return None
-    value = row[name]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -103,9 +119,17 @@ def _text_field(row: dict[str, Any], name: str, where: str, *, required: bool) -
 
 
 def clean_reference(answer: str | None) -> str | None:
-    """GSM8K-style references keep the final answer after ``####``."""
+    """GSM8K-style references keep the final answer after ``####``; a JSON list keeps its first item."""
     if answer is None:
         return None
+    text = answer.strip()
+    if text.startswith("[") and text.endswith("]"):  # e.g. Skywork-OR1's '["72"]'
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            items = None
+        if isinstance(items, list) and items and isinstance(items[0], (str, int, float)):
+            answer = str(items[0])
     if "####" in answer:
         answer = answer.rsplit("####", 1)[1]
     return answer.strip() or None

@@ -429,6 +429,8 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     model_requests = {"generator": generator.model_requests if generator else 0,
                       "verifier": verifier.model_requests}
     statistics["model_requests"] = model_requests
+    statistics["model_seconds"] = {"generator": round(generator.model_seconds, 3) if generator else 0.0,
+                                   "verifier": round(verifier.model_seconds, 3)}
     statistics["cache_hits"] = (generator.hits if generator else 0) + verifier.hits
 
     # ---- finalize: manifest removed first, written last
@@ -514,7 +516,7 @@ class Labeller:
             seed=self.config.seed, **sampling) for item, text, out in zip(todo, base_texts, critiques)]
         merges = verifier.generate(requests, on_batch=tick("merge"))
         for item, crit, merged in zip(todo, critiques, merges):
-            stats.tokens["verifier"] += crit[0].completion_tokens + merged[0].completion_tokens
+            stats.tokens["meta"] = stats.tokens.get("meta", 0) + crit[0].completion_tokens + merged[0].completion_tokens
             item.critique = _unparsed(item.solution, crit[0], self.verifier_id)
             item.merged = parse_verifications(item.solution, merged, self.verifier_id, kind="merged")[0]
             item.aggregate = apply_merged(item.aggregate, item.merged, len(item.solution.steps))
