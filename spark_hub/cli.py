@@ -76,7 +76,8 @@ def cli():
 @output_option
 @click.option("--push", is_flag=True, default=None, help="Push the dataset to the Hub when done.")
 @click.option("--hub-repo", help="Hub dataset repo id for --push.")
-@click.option("--hub-revision", help="Branch for --push (default main).")
+@click.option("--hub-revision", help="Branch for --push (default main; `auto` derives one from the config).")
+@click.option("--overwrite", is_flag=True, help="With --push: replace an artifact already on that branch.")
 @click.option("--decontaminate", is_flag=True, default=None,
               help="Drop problems that overlap with contamination.benchmarks before generation.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (calls, tokens, GPU-hours); no model calls, no writes.")
@@ -87,7 +88,7 @@ def cli():
 @quiet_option
 @user_errors
 def build_dataset(config_path, problems, problems_revision, solutions, limit, overrides, output_dir,
-                  push, hub_repo, hub_revision, decontaminate, dry_run, pilot, throughput, no_progress,
+                  push, hub_repo, hub_revision, overwrite, decontaminate, dry_run, pilot, throughput, no_progress,
                   verbose, quiet):
     """Stage I: generate M solutions per problem, verify each N times without the reference,
     aggregate the verdicts into step labels, and write a step-verification dataset.
@@ -121,9 +122,11 @@ def build_dataset(config_path, problems, problems_revision, solutions, limit, ov
     if config.push:
         from spark_hub import hub
 
-        pushed = hub.push(result.output_dir, config.hub_repo, revision=config.hub_revision or "main",
-                          overwrite=False)
-        click.echo(f"pushed to {pushed}", err=True)
+        revision = config.hub_revision or "main"
+        if revision == "auto":
+            revision = hub.default_revision(config.to_dict())
+        pushed = hub.push(result.output_dir, config.hub_repo, revision=revision, overwrite=overwrite)
+        click.echo(f"pushed {config.hub_repo}@{revision}: {pushed.commit_url}", err=True)
 
 
 def print_summary(result) -> None:

@@ -95,9 +95,10 @@ class BuildConfig:
     cache: str | None = field(default=None, metadata={"help": "Model-call cache (SQLite). Default: OUTPUT_DIR/.spark/cache.sqlite."})
     chunk_size: int = field(default=64, metadata={"help": "Problems processed per chunk (memory bound; not in the cache key)."})
     shard_rows: int = field(default=50000, metadata={"help": "Rows per Parquet shard."})
+    license: str = field(default="other", metadata={"help": "License of the dataset (card metadata), e.g. mit, apache-2.0."})
     push: bool = field(default=False, metadata={"help": "Push the dataset to the Hub when done."})
     hub_repo: str | None = field(default=None, metadata={"help": "Hub dataset repo id for --push."})
-    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main)."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main; `auto` = a name derived from the config)."})
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:

@@ -455,7 +455,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
         uses_references=config.uses_references,
         build_key=key,
     )
-    _write_card(output_dir, manifest)
+    _write_card(output_dir, manifest, config.hub_repo)
     manifest = json.loads(write_manifest(output_dir, manifest).read_text())
     cache.close()
     for backend in {id(b): b for b in (generator_backend, verifier_backend) if b is not None}.values():
@@ -580,13 +580,15 @@ def balance_rows(rows: list[dict[str, Any]], config: BuildConfig) -> list[dict[s
     return kept
 
 
-def _write_card(output_dir: Path, manifest: dict[str, Any]) -> None:
-    from spark_hub.cards import render_dataset_card, write_agreement_plot
+def _write_card(output_dir: Path, manifest: dict[str, Any], repo_id: str | None = None) -> None:
+    from spark_hub.cards import AGREEMENT_PLOT_NAME, render_dataset_card, write_agreement_plot
 
-    stats = manifest.get("statistics", {})
-    if stats.get("agreement_by_step"):
-        write_agreement_plot(stats, output_dir / "agreement.png")
-    atomic_write_text(output_dir / "README.md", render_dataset_card(manifest))
+    plot = output_dir / AGREEMENT_PLOT_NAME
+    if plot.exists():
+        plot.unlink()
+    written = write_agreement_plot(manifest.get("statistics", {}), plot)
+    card = render_dataset_card(manifest, repo_id=repo_id, agreement_plot=AGREEMENT_PLOT_NAME if written else None)
+    atomic_write_text(output_dir / "README.md", card)
 
 
 def _raise_invalid(schema_name: str, row: dict[str, Any]) -> None:

@@ -1,0 +1,602 @@
+"""Dataset and model cards, rendered from the manifest only.
+
+A card is the Hub ``README.md``: YAML metadata (`huggingface_hub.DatasetCardData` /
+`huggingface_hub.ModelCardData`) followed by a Markdown body rendered from a jinja2 template in
+``spark_hub/cards/``. Templates run in a `jinja2.sandbox.SandboxedEnvironment` and only see values
+derived from the manifest, so a card always matches the artifact it describes and can be rebuilt
+from ``manifest.json`` alone. Config keys that look like secrets (token, api_key, password...) are
+redacted before they reach a template.
+
+Example:
+
+```py
+>>> from spark_hub.cards import render_dataset_card
+>>> text = render_dataset_card(manifest, repo_id="my-org/spark-demo")  # doctest: +SKIP
+>>> DatasetCard(text).data.configs[0]["config_name"]  # doctest: +SKIP
+'default'
+```
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from spark_hub.errors import SparkHubError
+
+#: Where the Hub looks for the per-step agreement plot (write it there before the manifest).
+AGREEMENT_PLOT_NAME = "assets/agreement_by_step.png"
+DATASET_TAGS = ("spark-hub", "process-reward-model", "synthetic")
+PRM_TAGS = ("spark-hub", "process-reward-model", "generative-prm")
+POLICY_TAGS = ("spark-hub", "grpo", "reasoning", "math")
+TEMPLATES = {"dataset": "dataset_card.md", "prm": "prm_card.md", "policy": "policy_card.md"}
+DEFAULT_LICENSE = "other"
+DEFAULT_TITLES = {
+    "dataset": "SPARK step-verification data", "prm": "SPARK generative PRM", "policy": "SPARK GRPO policy",
+}
+#: Stands for the Hub repo in cards rendered before it is known; `spark_hub.hub.push` replaces it
+#: with the target repo id in the pushed copy of the card.
+REPO_PLACEHOLDER = "your-org/your-repo"
+PROCESSBENCH_ID = "Qwen/ProcessBench"
+#: Hub datasets behind the math benchmark names used by ``eval math`` (for model-index links).
+MATH_BENCHMARK_IDS = {
+    "math500": "HuggingFaceH4/MATH-500",
+    "gsm8k": "openai/gsm8k",
+}
+CITATION = """@misc{rahman2025spark,
+  title         = {SPARK: Stepwise Process-Aware Rewards for Reference-Free Reinforcement Learning},
+  author        = {Rahman and others},
+  year          = {2025},
+  eprint        = {2512.03244},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2512.03244},
+}"""
+
+#: Shared by every card: the provenance tables (rendered in the same sandbox, passed as
+#: ``provenance_md``).
+PROVENANCE_TEMPLATE = """\
+| | |
+|---|---|
+| spark-hub | {{ p.spark_hub_version | cell }} |
+| git commit | {{ p.git_sha | cell }} |
+| build key | {{ p.build_key | cell }} |
+| created | {{ p.created_at | cell }} |
+| manifest schema | v{{ p.schema_version | cell }} |
+
+{% if p.models %}
+**Models**
+
+| role | model id | backend | revision | fingerprint / file hash |
+|---|---|---|---|---|
+{% for m in p.models %}
+| {{ m.role | cell }} | {{ m.id | cell }} | {{ m.backend | cell }} | {{ m.revision | cell }} | {{ m.hash | cell }} |
+{% endfor %}
+
+{% endif %}
+{% if p.prompts %}
+**Prompt templates** (sha256 of the exact template text)
+
+| template | sha256 |
+|---|---|
+{% for name, digest in p.prompts %}
+| {{ name | cell }} | `{{ digest }}` |
+{% endfor %}
+
+{% endif %}
+{% if p.seeds %}
+**Seeds**
+
+| stage | seed |
+|---|---|
+{% for name, seed in p.seeds %}
+| {{ name | cell }} | {{ seed | cell }} |
+{% endfor %}
+
+{% endif %}
+{% if p.inputs %}
+**Inputs**
+
+| input | source | sha256 | revision | rows |
+|---|---|---|---|---|
+{% for i in p.inputs %}
+| {{ i.name | cell }} | {{ i.source | cell }} | {{ i.sha256 | short(16) }} | {{ i.revision | cell }} | {{ i.rows | cell }} |
+{% endfor %}
+
+{% endif %}
+{% if p.packages %}
+**Package versions**
+
+| package | version |
+|---|---|
+{% for name, version in p.packages %}
+| {{ name | cell }} | {{ version | cell }} |
+{% endfor %}
+{% endif %}
+"""
+
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|credential)", re.I)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ------------------------------------------------------------------------------------------------
+# Template environment
+# ------------------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 4) -> str:
+    """Numbers for tables: ints with thousands separators, floats with ``digits`` significant digits."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    """A value safe inside a Markdown table cell."""
+    text = _fmt(value)
+    return text.replace("|", "\\|").replace("\n", " ").strip() or "—"
+
+
+def _short(value: Any, n: int = 12) -> str:
+    return "—" if not value else str(value)[:n]
+
+
+def environment():
+    """The sandboxed jinja2 environment used for every card (strict: unknown names are errors)."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(
+        autoescape=False, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=_fmt, cell=_cell, short=_short)
+    return env
+
+
+def _template_text(name: str) -> str:
+    return resources.files("spark_hub").joinpath("cards", name).read_text(encoding="utf-8")
+
+
+def _render(template_name: str, context: dict[str, Any]) -> str:
+    return environment().from_string(_template_text(template_name)).render(**context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Context helpers (manifest -> plain values)
+# ------------------------------------------------------------------------------------------------
+def redact(obj: Any) -> Any:
+    """Copy of ``obj`` with the values of secret-looking keys replaced by ``"<redacted>"``."""
+    if isinstance(obj, dict):
+        return {
+            k: "<redacted>" if _SECRET_KEY.search(str(k)) and v is not None else redact(v) for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def _find(config: dict[str, Any], *keys: str) -> Any:
+    """First scalar value of any of ``keys`` in ``config`` or its nested sections (breadth first)."""
+    queue = [config]
+    while queue:
+        section = queue.pop(0)
+        for key in keys:
+            value = section.get(key)
+            if value is not None and not isinstance(value, (dict, list)):
+                return value
+        queue.extend(v for _, v in sorted(section.items()) if isinstance(v, dict))
+    return None
+
+
+def _role(config: dict[str, Any], role: str) -> dict[str, Any]:
+    section = config.get(role)
+    return section if isinstance(section, dict) else {}
+
+
+def method_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """The few config values that name a Stage I run: aggregation, generator, verifier, M, N.
+
+    Reads the ``build-dataset`` config shape (``aggregation.method``, ``generator.model`` /
+    ``generator.n`` = M, ``verifier.model`` / ``verifier.n`` = N) and falls back to flat keys
+    (``aggregation``, ``generator_model``, ``num_solutions``, ``num_verifications``...).
+    Missing values are None.
+    """
+    generator, verifier = _role(config, "generator"), _role(config, "verifier")
+    aggregation = _role(config, "aggregation").get("method") or config.get("aggregation")
+    if isinstance(aggregation, dict):
+        aggregation = None
+    return {
+        "aggregation": aggregation or _find(config, "aggregation_method"),
+        "generator": generator.get("model") or _find(config, "generator_model"),
+        "verifier": verifier.get("model") or _find(config, "verifier_model"),
+        "m": generator.get("n") or _find(config, "num_solutions", "solutions_per_problem"),
+        "n": verifier.get("n") or _find(config, "num_verifications", "verifications_per_solution"),
+        "generator_temperature": generator.get("temperature"),
+        "verifier_temperature": verifier.get("temperature"),
+    }
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False).rstrip()
+
+
+def _flatten(stats: dict[str, Any], prefix: str = "", skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """Statistics as ``(dotted.name, value)`` rows: nested dicts are flattened, short lists of
+    scalars joined, long lists summarised by their length; keys in ``skip`` get their own table."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in stats.items():
+        name = f"{prefix}{key}"
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            if len(value) <= 10 and all(not isinstance(v, (dict, list)) for v in value):
+                rows.append((name, ", ".join(_fmt(v) for v in value) or "none"))
+            else:
+                rows.append((name, f"{len(value)} entries (see manifest.json)"))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _license(manifest: dict[str, Any]) -> str:
+    return str(_find(manifest.get("config") or {}, "license") or DEFAULT_LICENSE)
+
+
+def _size_category(n: int | None) -> str | None:
+    if n is None:
+        return None
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return label
+    return "n>10M"
+
+
+def _hub_inputs(manifest: dict[str, Any]) -> list[str]:
+    """Input sources that are Hub dataset ids (``org/name`` or ``hf://datasets/org/name``)."""
+    out = []
+    for entry in (manifest.get("inputs") or {}).values():
+        source = str(entry.get("source", ""))
+        if source.startswith("hf://datasets/"):
+            source = source[len("hf://datasets/"):].split("@")[0]
+            source = "/".join(source.split("/")[:2])
+        is_file = source.endswith((".jsonl", ".json", ".parquet", ".csv"))
+        if _HUB_ID.match(source) and not is_file and source not in out:
+            out.append(source)
+    return out
+
+
+def _data_configs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """``configs:`` entries for the dataset card: default -> data/, verifications -> verifications/.
+
+    Splits come from the shard names in the manifest's file table (``data/{split}-00000-of-00001.parquet``);
+    with one split (or no file table) the pattern is simply ``{folder}/*.parquet``.
+    """
+    files = manifest.get("files")
+    configs = []
+    for name, folder in (("default", "data"), ("verifications", "verifications")):
+        if files is None:
+            splits: list[str] = ["train"]
+        else:
+            shards = [p[len(folder) + 1:] for p in files if p.startswith(f"{folder}/") and p.endswith(".parquet")]
+            if not shards:
+                continue
+            splits = sorted({re.split(r"-\d{5}-of-\d{5}", s)[0] if re.search(r"-\d{5}-of-\d{5}", s) else "train"
+                             for s in shards})
+        if len(splits) == 1:
+            data_files = [{"split": splits[0], "path": f"{folder}/*.parquet"}]
+        else:
+            data_files = [{"split": s, "path": f"{folder}/{s}-*.parquet"} for s in splits]
+        configs.append({"config_name": name, "data_files": data_files})
+    return configs
+
+
+def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Tables shared by every card: models, prompts, seeds, inputs, packages and build identity."""
+    models = [
+        {"role": role, "id": m.get("id"), "backend": m.get("backend"), "revision": m.get("revision"),
+         "hash": m.get("fingerprint") or m.get("file_hash")}
+        for role, m in (manifest.get("models") or {}).items()
+    ]
+    inputs = [
+        {"name": name, "source": i.get("source"), "sha256": i.get("sha256"), "revision": i.get("revision"),
+         "rows": i.get("rows")}
+        for name, i in (manifest.get("inputs") or {}).items()
+    ]
+    return {
+        "models": models,
+        "prompts": sorted((manifest.get("prompts") or {}).items()),
+        "seeds": sorted((manifest.get("seeds") or {}).items()),
+        "inputs": inputs,
+        "packages": sorted((k, v) for k, v in (manifest.get("packages") or {}).items() if v),
+        "spark_hub_version": manifest.get("spark_hub_version"),
+        "git_sha": manifest.get("git_sha"),
+        "build_key": manifest.get("build_key"),
+        "created_at": manifest.get("created_at"),
+        "schema_version": manifest.get("schema_version"),
+    }
+
+
+def _model_role(manifest: dict[str, Any], *roles: str) -> str | None:
+    models = manifest.get("models") or {}
+    for role in roles:
+        if role in models and models[role].get("id"):
+            return str(models[role]["id"])
+    return None
+
+
+def _base_model(manifest: dict[str, Any]) -> str | None:
+    found = _model_role(manifest, "base_model", "base", "policy_base") or _find(
+        manifest.get("config") or {}, "base_model", "model_name_or_path"
+    )
+    return str(found) if found else None
+
+
+def _base_context(manifest: dict[str, Any], repo_id: str | None) -> dict[str, Any]:
+    config = redact(manifest.get("config") or {})
+    repo = repo_id or _find(config, "hub_repo", "repo_id", "hub_model_id") or REPO_PLACEHOLDER
+    prov = provenance(manifest)
+    title = str(repo).split("/")[-1] if repo != REPO_PLACEHOLDER else DEFAULT_TITLES.get(manifest.get("kind"))
+    return {
+        "provenance_md": environment().from_string(PROVENANCE_TEMPLATE).render(p=prov).rstrip() + "\n",
+        "repo_id": str(repo),
+        "name": str(_find(config, "pretty_name") or title),
+        "kind": manifest.get("kind"),
+        "config_yaml": _yaml(config) if config else "{}",
+        "provenance": prov,
+        "uses_references": bool(manifest.get("uses_references")),
+        "contamination": _flatten(manifest["contamination"]) if manifest.get("contamination") else [],
+        "citation": CITATION,
+        "license": _license(manifest),
+    }
+
+
+def _front_matter(card_data) -> str:
+    return f"---\n{card_data.to_yaml()}\n---\n"
+
+
+def _check(text: str, card_cls) -> str:
+    """Parse the card back with huggingface_hub: invalid YAML metadata is a bug, not a user error."""
+    try:
+        card_cls(text)
+    except ValueError as e:  # pragma: no cover - would be a template bug
+        raise SparkHubError(f"rendered card has invalid metadata: {e}") from e
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset card
+# ------------------------------------------------------------------------------------------------
+def dataset_card_data(manifest: dict[str, Any], *, repo_id: str | None = None):
+    """`huggingface_hub.DatasetCardData` for a dataset manifest (license, tags, configs, size...)."""
+    from huggingface_hub import DatasetCardData
+
+    config = manifest.get("config") or {}
+    stats = manifest.get("statistics") or {}
+    records = stats.get("records") if isinstance(stats.get("records"), int) else None
+    aggregation = method_summary(config)["aggregation"]
+    tags = list(DATASET_TAGS) + ([str(aggregation).replace("_", "-")] if aggregation else [])
+    return DatasetCardData(
+        license=_license(manifest),
+        language=["en"],
+        tags=tags,
+        task_categories=["text-generation", "text-classification"],
+        size_categories=[_size_category(records)] if records is not None else None,
+        source_datasets=_hub_inputs(manifest) or None,
+        pretty_name=str(_find(config, "pretty_name") or (repo_id or "SPARK verification data").split("/")[-1]),
+        configs=_data_configs(manifest),
+    )
+
+
+def render_dataset_card(
+    manifest: dict[str, Any], *, repo_id: str | None = None, agreement_plot: str | None = None
+) -> str:
+    """The ``README.md`` of a dataset built by ``build-dataset``, from its manifest only.
+
+    Args:
+        manifest: a validated manifest of kind ``dataset``.
+        repo_id: the Hub repo, used in the loading snippet (default from the config, else
+            `REPO_PLACEHOLDER`, which `spark_hub.hub.push` fills in).
+        agreement_plot: path of the `write_agreement_plot` PNG relative to the dataset folder, to
+            embed in the card; default `AGREEMENT_PLOT_NAME` when the manifest's file table lists it.
+
+    Returns:
+        Card text: YAML metadata (``configs:`` default -> ``data/*.parquet``, verifications ->
+        ``verifications/*.parquet``) and the body from ``cards/dataset_card.md``.
+    """
+    from huggingface_hub import DatasetCard
+
+    config = manifest.get("config") or {}
+    stats = manifest.get("statistics") or {}
+    card_data = dataset_card_data(manifest, repo_id=repo_id)
+    agreement = [v for v in (stats.get("agreement_by_step") or [])]
+    context = {
+        **_base_context(manifest, repo_id),
+        "card_data": card_data.to_yaml(),
+        "method": {
+            **method_summary(config),
+            "generator": _model_role(manifest, "generator") or method_summary(config)["generator"],
+            "verifier": _model_role(manifest, "verifier") or method_summary(config)["verifier"],
+        },
+        "statistics": _flatten(stats, skip=("agreement_by_step",)),
+        "agreement_by_step": list(enumerate(agreement, start=1)),
+        "agreement_plot": agreement_plot or (
+            AGREEMENT_PLOT_NAME if AGREEMENT_PLOT_NAME in (manifest.get("files") or {}) else None
+        ),
+        "configs": [c["config_name"] for c in card_data.configs],
+    }
+    return _check(_render(TEMPLATES["dataset"], context), DatasetCard)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model cards
+# ------------------------------------------------------------------------------------------------
+def _scores(section: Any, *metric_keys: str) -> dict[str, float]:
+    """``{subset: value}`` from ``{subset: number}`` or ``{subset: {metric: number}}``."""
+    out: dict[str, float] = {}
+    if not isinstance(section, dict):
+        return out
+    for name, value in section.items():
+        if isinstance(value, dict):
+            value = next((value[k] for k in metric_keys if isinstance(value.get(k), (int, float))), None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[str(name)] = float(value)
+    return out
+
+
+def _results(manifest: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(processbench_f1_by_subset, math_accuracy_by_benchmark)`` from ``manifest["results"]``.
+
+    Accepted shapes: ``{"processbench": {"gsm8k": {"f1": 70.1, ...}, ...}, "math": {"math500":
+    {"accuracy": 47.4}, ...}}`` or the same with plain numbers. Average keys are dropped (the card
+    recomputes the mean of the subsets).
+    """
+    results = manifest.get("results") or {}
+    pb = _scores(results.get("processbench") or results.get("ProcessBench"), "f1", "F1")
+    math_acc = _scores(results.get("math") or results.get("math_accuracy"), "accuracy", "acc", "pass@1")
+    drop = {"average", "avg", "mean", "average_f1"}
+    return ({k: v for k, v in pb.items() if k.lower() not in drop},
+            {k: v for k, v in math_acc.items() if k.lower() not in drop})
+
+
+def model_card_data(manifest: dict[str, Any], *, repo_id: str | None = None):
+    """`huggingface_hub.ModelCardData` for a PRM or policy manifest, with model-index results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    kind = manifest.get("kind")
+    config = manifest.get("config") or {}
+    base = _base_model(manifest)
+    base = base if base and _HUB_ID.match(base) else None
+    tags = list(PRM_TAGS if kind == "prm" else POLICY_TAGS)
+    prm_format = _find(config, "prm_format", "format")
+    if kind == "prm" and prm_format:
+        tags.append(str(prm_format).replace("_", "-"))
+    model_name = (repo_id or str(_find(config, "hub_model_id", "hub_repo") or f"spark-{kind}")).split("/")[-1]
+    pb, math_acc = _results(manifest)
+    evals = [
+        EvalResult(task_type="text-classification", task_name="Process error identification",
+                   dataset_type=PROCESSBENCH_ID, dataset_name="ProcessBench", dataset_split=subset,
+                   metric_type="f1", metric_value=round(value, 2), metric_name=f"F1 ({subset})")
+        for subset, value in pb.items()
+    ]
+    evals += [
+        EvalResult(task_type="text-generation", task_name="Math reasoning",
+                   dataset_type=MATH_BENCHMARK_IDS.get(name, name), dataset_name=name,
+                   metric_type="accuracy", metric_value=round(value, 2), metric_name=f"accuracy ({name})")
+        for name, value in math_acc.items()
+    ]
+    return ModelCardData(
+        license=_license(manifest),
+        language=["en"],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        base_model=base,
+        datasets=_hub_inputs(manifest) or None,
+        tags=tags,
+        model_name=model_name if evals else None,
+        eval_results=evals or None,
+    )
+
+
+def render_model_card(manifest: dict[str, Any], *, repo_id: str | None = None) -> str:
+    """The ``README.md`` of a PRM (``cards/prm_card.md``) or policy (``cards/policy_card.md``)."""
+    from huggingface_hub import ModelCard
+
+    kind = manifest.get("kind")
+    if kind not in ("prm", "policy"):
+        raise SparkHubError(f"no model card for manifest kind {kind!r}", hint="use render_dataset_card")
+    config = manifest.get("config") or {}
+    pb, math_acc = _results(manifest)
+    card_data = model_card_data(manifest, repo_id=repo_id)
+    context = {
+        **_base_context(manifest, repo_id),
+        "card_data": card_data.to_yaml(),
+        "base_model": _base_model(manifest),
+        "reward_model": _model_role(manifest, "reward_model", "prm") or _find(config, "reward_model", "prm"),
+        "prm_format": _find(config, "prm_format", "format"),
+        "datasets": _hub_inputs(manifest),
+        "processbench": sorted(pb.items()),
+        "processbench_average": sum(pb.values()) / len(pb) if pb else None,
+        "math": sorted(math_acc.items()),
+        "math_average": sum(math_acc.values()) / len(math_acc) if math_acc else None,
+    }
+    return _check(_render(TEMPLATES[kind], context), ModelCard)
+
+
+def render_card(manifest: dict[str, Any], *, repo_id: str | None = None) -> str:
+    """Render the card that matches ``manifest["kind"]`` (dataset, prm or policy)."""
+    if manifest.get("kind") == "dataset":
+        return render_dataset_card(manifest, repo_id=repo_id)
+    return render_model_card(manifest, repo_id=repo_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plot
+# ------------------------------------------------------------------------------------------------
+def write_agreement_plot(statistics: dict[str, Any], path: str | Path) -> Path | None:
+    """Bar chart (PNG) of the mean per-step verifier agreement by step index.
+
+    Uses ``statistics["agreement_by_step"]`` (a list of floats, step 1 first; None for steps with no
+    data). Rendered with matplotlib's Agg canvas directly (no pyplot state, safe in threads and on
+    headless machines) and written atomically.
+
+    Returns:
+        ``path``, or None when there is nothing to plot.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from spark_hub.io import atomic_path
+
+    values = [float("nan") if v is None else float(v) for v in (statistics.get("agreement_by_step") or [])]
+    if not values:
+        return None
+    fig = Figure(figsize=(max(4.0, min(12.0, 0.35 * len(values) + 2)), 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    steps = list(range(1, len(values) + 1))
+    ax.bar(steps, values, color="#4C72B0", width=0.8)
+    ax.set_xlabel("step index")
+    ax.set_ylabel("mean agreement")
+    ax.set_title("Mean per-step agreement between verifications")
+    finite = [v for v in values if not math.isnan(v)]
+    if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
+        ax.set_ylim(0, 1.0)
+    if len(steps) <= 30:
+        ax.set_xticks(steps)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    return path
+
+
+__all__ = [
+    "AGREEMENT_PLOT_NAME",
+    "CITATION",
+    "REPO_PLACEHOLDER",
+    "dataset_card_data",
+    "environment",
+    "method_summary",
+    "model_card_data",
+    "provenance",
+    "redact",
+    "render_card",
+    "render_dataset_card",
+    "render_model_card",
+    "write_agreement_plot",
+]
