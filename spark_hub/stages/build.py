@@ -57,6 +57,8 @@ class BuildResult:
     """True when the folder already held this exact build (nothing was recomputed)."""
     model_requests: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    loop_seconds: float = 0.0
+    """Time spent in the per-chunk loop (model calls, parse, aggregate, validate, write)."""
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -350,6 +352,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     done = finished_build(output_dir, key)
     if done is not None:
         logger.info("%s already holds this build (key %s); nothing to do", output_dir, key[:12])
+        _close(generator_backend, verifier_backend)
         return BuildResult(output_dir, done, done.get("statistics", {}), reused=True,
                            model_requests={"generator": 0, "verifier": 0}, seconds=time.monotonic() - t0)
 
@@ -369,6 +372,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     stats.problems = len(problems)
     labeller = Labeller(config, verifier.model_id, generator.model_id if generator is not None else "given")
 
+    loop_started = time.monotonic()
     with StageProgress(enabled=progress) as bar:
         per_problem = config.generator.n if generator is not None else 1
         if generator is not None:
@@ -424,6 +428,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
             records_out.write(record_rows)
             verifs_out.write(verification_rows)
 
+    loop_seconds = time.monotonic() - loop_started
     statistics = stats.to_dict()
     statistics["problems_dropped_unbalanced"] = stats.problems - len(stats.kept_problems) if config.balance.enabled else 0
     model_requests = {"generator": generator.model_requests if generator else 0,
@@ -458,10 +463,9 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     _write_card(output_dir, manifest, config.hub_repo)
     manifest = json.loads(write_manifest(output_dir, manifest).read_text())
     cache.close()
-    for backend in {id(b): b for b in (generator_backend, verifier_backend) if b is not None}.values():
-        backend.close()
-    result = BuildResult(output_dir, manifest, statistics, reused=False,
-                         model_requests=model_requests, seconds=time.monotonic() - t0)
+    _close(generator_backend, verifier_backend)
+    result = BuildResult(output_dir, manifest, statistics, reused=False, model_requests=model_requests,
+                         seconds=time.monotonic() - t0, loop_seconds=loop_seconds)
     logger.info("wrote %s (%d records, %d verifications) in %.1fs", output_dir,
                 statistics["records"], statistics["verifications"], result.seconds)
     return result
@@ -578,6 +582,12 @@ def balance_rows(rows: list[dict[str, Any]], config: BuildConfig) -> list[dict[s
     for group in by_problem.values():
         kept.extend(balance_problem(group, config.balance, config.seed))
     return kept
+
+
+def _close(*backends) -> None:
+    """Close each distinct backend once (roles may share one)."""
+    for backend in {id(b): b for b in backends if b is not None}.values():
+        backend.close()
 
 
 def _write_card(output_dir: Path, manifest: dict[str, Any], repo_id: str | None = None) -> None:
