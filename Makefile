@@ -8,6 +8,8 @@ OUT    ?= outputs/demo
 
 .PHONY: install demo test bench clean
 
+include mk/vllm.mk
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
@@ -30,5 +32,5 @@ bench: install
 	$(BIN)/python bench/stage1_overhead.py
 	$(BIN)/python bench/cpu_backend.py
 
-clean:
+clean: clean-vllm
 	rm -rf $(VENV) outputs
