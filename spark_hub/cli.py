@@ -7,16 +7,21 @@ exit with code 2.
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import sys
-from pathlib import Path
+import os
 
-import click
+# torch's OpenMP threads spin while waiting: with other processes on the cores, CPU generation can
+# get 10-20x slower. PASSIVE avoids that (read when torch is imported, so it is set first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spark_hub import __version__
-from spark_hub.errors import SparkHubError
+import functools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from spark_hub import __version__  # noqa: E402
+from spark_hub.errors import SparkHubError  # noqa: E402
 
 logger = logging.getLogger("spark_hub")
 
@@ -196,7 +201,6 @@ def info(path, as_json):
         return
     from rich.table import Table
 
-    from spark_hub.progress import console
 
     table = Table(title=f"{path} ({manifest['kind']}, spark-hub {manifest['spark_hub_version']})")
     table.add_column("key")

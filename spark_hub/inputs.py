@@ -106,7 +106,7 @@ def _text_field(row: dict[str, Any], name: str, where: str, *, required: bool) -
             raise SparkHubError(
                 f"missing field {name!r} (fields present: {present})",
                 where=where,
-                hint=f"map it with --set problem_field=NAME" if name else None,
+                hint="map it with --set problem_field=NAME" if name else None,
             )
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):

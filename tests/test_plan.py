@@ -1,7 +1,6 @@
 """--dry-run figures against hand-computed counts, --pilot reports, and the paper recipes."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -81,6 +81,20 @@ class Completion:
         return cls(**d)
 
 
+@dataclass
+class GenerationStats:
+    """Running totals a progress bar can read while `generate` runs (updated after every batch)."""
+
+    requests: int = 0
+    sequences: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What every backend provides."""

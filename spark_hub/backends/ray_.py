@@ -103,61 +103,22 @@ def request_from_json(text: str) -> GenerationRequest:
 
 
 def model_provenance(config: BackendConfig) -> dict[str, Any]:
-    """Fingerprint and provenance of a transformers/vllm model, without loading it.
-
-    Follows the rules of `spark_hub.backends.transformers_.TransformersBackend.fingerprint`:
-    ``gguf-sha256:<hash>`` for ``embedded`` or a ``.gguf`` file, ``folder-sha256:<hash>`` for a
-    local folder, ``hub:<id>@<commit>`` for a Hub id (the revision resolved to a commit sha).
+    """Fingerprint and provenance of a transformers/vllm model on the driver, without loading it
+    (the rules of `spark_hub.backends.models`; the same folder must exist on every node).
 
     Returns:
         ``{"fingerprint", "revision", "file_hash", "source"}``.
-
-    Raises:
-        SparkHubError: the path does not exist here, or the Hub id cannot be resolved.
     """
-    from spark_hub.backends import transformers_ as tf
-
-    model = config.model
-    if model == "embedded":
-        gguf_path = tf.find_embedded_gguf()
-        file_hash = tf.sha256_file(gguf_path)
-        return {"fingerprint": f"gguf-sha256:{file_hash}", "revision": None, "file_hash": file_hash,
-                "source": f"{tf.EMBEDDED_DIST}:{os.path.basename(gguf_path)}"}
-    path = os.path.expanduser(model)
-    if os.path.isfile(path) and path.endswith(".gguf"):
-        file_hash = tf.sha256_file(path)
-        return {"fingerprint": f"gguf-sha256:{file_hash}", "revision": None, "file_hash": file_hash,
-                "source": os.path.abspath(path)}
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise SparkHubError(
-                f"model folder {model!r} has no config.json",
-                hint="pass a folder written by save_pretrained, a Hub model id, or `embedded`",
-            )
-        file_hash = tf.folder_hash(path)
-        return {"fingerprint": f"folder-sha256:{file_hash}", "revision": None, "file_hash": file_hash,
-                "source": os.path.abspath(path)}
-    if os.path.exists(path) or model.startswith(("/", ".", "~")) or model.count("/") > 1 or model.endswith(".gguf"):
-        raise SparkHubError(
-            f"model path {model!r} does not exist on the driver",
-            hint="the ray backend fingerprints the model on the driver: the same folder must exist here "
-            "and on every node (or use a Hub model id)",
-        )
-
-    from huggingface_hub import resolve_revision
+    from spark_hub.backends.models import resolve_model
 
     try:
-        resolved = resolve_revision(model, revision=config.revision)
-    except Exception as e:  # RepositoryNotFound, RevisionNotFound, network errors...
-        first = (str(e).strip() or type(e).__name__).splitlines()[0]
+        return resolve_model(config).provenance()
+    except SparkHubError as e:
         raise SparkHubError(
-            f"cannot resolve model {model!r} (revision {config.revision or 'main'}): it is not a local "
-            f"folder and the Hub lookup failed: {first}",
-            hint="check the id and the network, or pass a local folder present on every node",
+            f"{e.message} on the driver",
+            hint="the ray backend fingerprints the model on the driver: the same folder must exist here "
+            "and on every node (or use a Hub model id)",
         ) from None
-    commit = getattr(resolved, "resolved", None) or config.revision
-    return {"fingerprint": f"hub:{model}@{commit or 'unknown'}", "revision": commit, "file_hash": None,
-            "source": model}
 
 
 # ---------------------------------------------------------------------------------------------

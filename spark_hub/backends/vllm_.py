@@ -50,11 +50,11 @@ import gc
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import time
 from typing import Any
 
-from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest
+from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest, GenerationStats
+from spark_hub.backends.models import resolve_model
 from spark_hub.errors import MissingExtraError, SparkHubError, require
 
 logger = logging.getLogger(__name__)
@@ -162,8 +162,6 @@ class VLLMBackend:
     """
 
     def __init__(self, config: BackendConfig, *, check_installed: bool = True):
-        from spark_hub.backends.transformers_ import GenerationStats
-
         if check_installed and not is_vllm_available():
             raise MissingExtraError("vllm", EXTRA, "the vllm backend")
         self.config = config
@@ -175,110 +173,23 @@ class VLLMBackend:
         self.stats = GenerationStats()
         self.llm = None
         self.load_seconds: float | None = None
-        self.revision: str | None = None
-        self.file_hash: str | None = None
-        self._fingerprint: str | None = None
-        self._source: str | None = None
-        self._kind = ""  # "gguf", "folder" or "hub"
-        self._path: str | None = None  # the GGUF file, the local folder, or the Hub id
         self._tokenizer = None
-        self._resolve_model()
-
-    # -- model resolution (no weights are read here) ---------------------------------------------
-
-    def _resolve_model(self) -> None:
-        """Set the model kind, path and provenance; hash GGUF files (fast), not folders (lazy)."""
-        from spark_hub.backends import transformers_ as tf
-
-        model = self.config.model
-        if model == "embedded":
-            gguf_path = tf.find_embedded_gguf()
-            version = importlib.metadata.version(tf.EMBEDDED_DIST)
-            self._set_gguf(gguf_path, f"{tf.EMBEDDED_DIST}=={version}:{os.path.basename(gguf_path)}")
-            return
-        path = os.path.expanduser(model)
-        if os.path.exists(path):
-            if os.path.isfile(path) and path.endswith(".gguf"):
-                self._set_gguf(path, os.path.abspath(path))
-                return
-            if not os.path.isdir(path) or not os.access(path, os.R_OK | os.X_OK):
-                raise SparkHubError(
-                    f"cannot read model folder {model!r}",
-                    hint="pass a folder written by save_pretrained, a Hub model id, or `embedded`",
-                )
-            if not os.path.isfile(os.path.join(path, "config.json")):
-                raise SparkHubError(
-                    f"model folder {model!r} has no config.json",
-                    hint="pass a folder written by save_pretrained, a Hub model id, or `embedded`",
-                )
-            self._kind, self._path = "folder", os.path.abspath(path)
-            self._source = self._path
-            return
-        if tf._looks_like_path(model):
-            raise SparkHubError(
-                f"model path {model!r} does not exist",
-                hint="pass an existing folder written by save_pretrained, a Hub model id, or `embedded`",
-            )
-        self._resolve_hub(model)
-
-    def _set_gguf(self, gguf_path: str, source: str) -> None:
-        from spark_hub.backends.transformers_ import sha256_file
-
-        self._kind, self._path, self._source = "gguf", gguf_path, source
-        self.file_hash = sha256_file(gguf_path)
-        self._fingerprint = f"gguf-sha256:{self.file_hash}"
-
-    def _resolve_hub(self, model: str) -> None:
-        from huggingface_hub import resolve_revision
-
-        from spark_hub.backends.transformers_ import _first_line
-
-        try:
-            resolved = resolve_revision(model, revision=self.config.revision)
-        except Exception as e:  # RepositoryNotFound, RevisionNotFound, network errors...
-            raise SparkHubError(
-                f"cannot resolve model {model!r} (revision {self.config.revision or 'main'}): it is not a "
-                f"local folder and the Hub lookup failed: {_first_line(e)}",
-                hint="check the id and the network, or pass a local folder; offline runs need the model in the HF cache",
-            ) from None
-        commit = getattr(resolved, "resolved", None) or self.config.revision
-        self._kind, self._path, self._source, self.revision = "hub", model, model, commit
-        self._fingerprint = f"hub:{model}@{commit}" if commit else None
-
-    def _load_path(self) -> str:
-        """What vLLM loads: the converted folder (GGUF, converted once), the folder, or the Hub id."""
-        if self._kind == "gguf":
-            from spark_hub.backends.transformers_ import convert_gguf
-
-            return convert_gguf(self._path, self.file_hash)
-        return self._path
+        self.source = resolve_model(config)  # no weights are read here
 
     # -- provenance ---------------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """Same rules as the transformers backend: ``gguf-sha256:<hash>`` (embedded / GGUF),
-        ``folder-sha256:<hash>`` over the config, tokenizer and weight files (computed once), or
-        ``hub:<id>@<commit>``. Engine options never enter it. Does not start the engine."""
-        if self._fingerprint is None:
-            if self._kind == "folder":
-                from spark_hub.backends.transformers_ import folder_hash
-
-                self.file_hash = folder_hash(self._path)
-                self._fingerprint = f"folder-sha256:{self.file_hash}"
-            else:  # a Hub model whose revision could not be pinned to a commit
-                self._fingerprint = f"hub:{self.model_id}@{self.config.revision or 'unknown'}"
-        return self._fingerprint
+        """Same rules as the transformers backend (`spark_hub.backends.models`): engine options
+        never enter it. Does not start the engine."""
+        return self.source.fingerprint()
 
     def describe(self) -> dict[str, Any]:
         """Provenance for the manifest (does not start the engine)."""
         return {
             "id": self.model_id,
             "backend": "vllm",
-            "revision": self.revision,
-            "file_hash": self.file_hash,
-            "fingerprint": self.fingerprint(),
+            **self.source.provenance(),
             "dtype": self.config.dtype,
-            "source": self._source,
             "engine": vllm_version(),
             "engine_options": {"enable_prefix_caching": True, **self.engine_kwargs},
         }
@@ -291,22 +202,22 @@ class VLLMBackend:
             return self.llm
         vllm = require("vllm", EXTRA, "the vllm backend")
         _check_engine_args(vllm, self.engine_kwargs)
-        load_path = self._load_path()
+        load_path = self.source.load_path()
         kwargs: dict[str, Any] = {
             "model": load_path,
             "dtype": self.config.dtype,
             "trust_remote_code": self.config.trust_remote_code,
             "enable_prefix_caching": True,
         }
-        if self.revision:
-            kwargs.update(revision=self.revision, tokenizer_revision=self.revision)
+        if self.source.revision:
+            kwargs.update(revision=self.source.revision, tokenizer_revision=self.source.revision)
         kwargs.update(self.engine_kwargs)
         logger.info("starting vLLM for %s (%s)", self.model_id, ", ".join(f"{k}={v}" for k, v in kwargs.items()))
         start = time.perf_counter()
         try:
             llm = vllm.LLM(**kwargs)
         except (ValueError, OSError, RuntimeError, TypeError) as e:
-            from spark_hub.backends.transformers_ import _first_line
+            from spark_hub.backends.models import _first_line
 
             raise SparkHubError(
                 f"vLLM could not start model {self.model_id!r}: {_first_line(e)}",
@@ -362,7 +273,7 @@ class VLLMBackend:
                 chat_template_kwargs=self.chat_template_kwargs,
             )
         except _client_errors() as e:  # a request the engine refuses, e.g. a prompt over max_model_len
-            from spark_hub.backends.transformers_ import _first_line
+            from spark_hub.backends.models import _first_line
 
             raise SparkHubError(
                 f"vLLM rejected a request for model {self.model_id!r}: {_first_line(e)}",
@@ -412,9 +323,8 @@ class VLLMBackend:
                 from transformers import AutoTokenizer
 
                 kwargs = {"trust_remote_code": self.config.trust_remote_code}
-                if self.revision:
-                    kwargs["revision"] = self.revision
-                self._tokenizer = AutoTokenizer.from_pretrained(self._load_path(), **kwargs)
+                kwargs.update(self.source.load_kwargs())
+                self._tokenizer = AutoTokenizer.from_pretrained(self.source.load_path(), **kwargs)
             tokenizer = self._tokenizer
         if tokenizer.chat_template is None:
             raise SparkHubError(

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from spark_hub.errors import SparkHubError
-from spark_hub.parsing import OK, STEP_COUNT_MISMATCH, ParsedVerification
+from spark_hub.parsing import OK, ParsedVerification
 
 VOTE_METHODS = ("single", "outcome_consistency", "step_consistency")
 #: Meta-critique methods and the vote method whose selected verification they critique.

@@ -338,7 +338,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
         if missing is not None:
             raise SparkHubError(f"aggregation.method=reference_guided needs a reference answer for every problem; "
                                 f"problem {missing.id!r} has none", where=missing.source,
-                                hint=f"set --set answer_field=NAME")
+                                hint="set --set answer_field=NAME")
     contamination = apply_contamination(config, inputs)
 
     # ---- models (weights load lazily: a finished build never loads them)
