@@ -59,3 +59,23 @@ def test_demo_recipe_on_embedded_model(tmp_path):
     assert manifest["statistics"]["solutions"] == 4
     assert (out / "README.md").read_text().startswith("---")
     assert validate_path(out)[0] == []
+
+
+@pytest.mark.parametrize("method", ["single", "outcome_consistency", "step_consistency", "meta_critique",
+                                    "hybrid_outcome", "hybrid_step", "reference_guided"])
+def test_every_method_with_a_tiny_real_verifier(tmp_path, tiny_model, method):
+    """Scripted solutions, a real (random) verifier: every method yields a schema-valid dataset."""
+    scripted = DATA / "scripted"
+    overrides = [
+        "generator.backend=scripted", f"generator.model={scripted / 'generator.jsonl'}", "generator.n=2",
+        "verifier.backend=transformers", f"verifier.model={tiny_model}", "verifier.n=2", "verifier.max_tokens=12",
+        "verifier.batch_size=8", f"aggregation.method={method}", "aggregation.critique_max_tokens=12",
+        "balance.enabled=true",
+    ]
+    config = load_build_config(None, overrides, problems=str(DATA / "problems_small.jsonl"),
+                               output_dir=str(tmp_path / "out"))
+    result = build.main(config, progress=False)
+    assert result.statistics["verifications"] == 2 * 5  # 5 solutions with steps, N=2
+    errors, checked = validate_path(tmp_path / "out")
+    assert errors == [] and checked >= 10
+    assert result.manifest["uses_references"] is (method == "reference_guided")
