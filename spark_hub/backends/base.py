@@ -94,6 +94,13 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def add(self, *, requests: int, sequences: int, tokens: int, seconds: float) -> None:
+        """Account for one finished engine call."""
+        self.requests += requests
+        self.sequences += sequences
+        self.generated_tokens += tokens
+        self.seconds += seconds
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -255,10 +255,7 @@ class TransformersBackend:
                 completions = [Completion(**completions[0].to_dict()) for _ in range(request.n)]
             results.append(completions)
 
-        self.stats.requests += len(requests)
-        self.stats.sequences += len(new_tokens)
-        self.stats.generated_tokens += generated
-        self.stats.seconds += elapsed
+        self.stats.add(requests=len(requests), sequences=len(new_tokens), tokens=generated, seconds=elapsed)
         logger.debug(
             "generated %d tokens for %d prompts x %d in %.1f s (%.1f tok/s)",
             generated, len(requests), num_return, elapsed, generated / max(elapsed, 1e-9),

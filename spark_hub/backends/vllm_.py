@@ -302,10 +302,7 @@ class VLLMBackend:
                 completions = [Completion(**completions[0].to_dict()) for _ in range(request.n)]
             results.append(completions)
 
-        self.stats.requests += len(requests)
-        self.stats.sequences += sequences
-        self.stats.generated_tokens += generated
-        self.stats.seconds += elapsed
+        self.stats.add(requests=len(requests), sequences=sequences, tokens=generated, seconds=elapsed)
         logger.debug(
             "vLLM generated %d tokens for %d requests (%d sequences) in %.1f s (%.1f tok/s)",
             generated, len(requests), sequences, elapsed, generated / max(elapsed, 1e-9),
