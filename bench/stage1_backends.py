@@ -203,6 +203,7 @@ def compare_shapes(args) -> None:
         backend = make_backend(name, args)
         counter, reset = None, (lambda: None)
         if name == "transformers":
+            backend.load()
             counter = HFPrefillCounter(backend.model)
         if name in ("transformers", "vllm"):  # the first call starts vLLM and warms both engines up
             backend.generate([verification_request(*pairs[0], dict(single, max_tokens=2), 0)])

@@ -114,8 +114,8 @@ class TransformersBackend:
             raise SparkHubError(f"unknown dtype {name!r}", hint="use auto, float32, bfloat16 or float16")
         return dtype
 
-    def _ensure_loaded(self) -> None:
-        """Load tokenizer and weights on first use (a finished build never gets here)."""
+    def load(self) -> None:
+        """Load tokenizer and weights now (generate() does it on first use; a finished build never does)."""
         if self.model is not None:
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -157,7 +157,7 @@ class TransformersBackend:
     # -- generation ---------------------------------------------------------------------------
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        self._ensure_loaded()
+        self.load()
         if self.tokenizer.chat_template is None:
             raise SparkHubError(
                 f"model {self.model_id!r} has no chat template",
