@@ -100,3 +100,17 @@ def test_validate_reports_record_and_path(tmp_path):
     assert result.exit_code == 1
     assert f"{bad}:2 (id p/s1): $.labels[1]: 'yes' is not of type 'boolean'" in result.output
     assert f"{bad}:3 (id p/s2): $.schema_version: unsupported schema version '0'" in result.output
+
+
+def test_info_rejects_a_manifest_of_another_schema_version(tmp_path):
+    result = build(tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / "out" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["schema_version"] = "2"
+    manifest.write_text(json.dumps(data))
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: {manifest}: $.schema_version: unsupported schema version '2' (this spark-hub reads version 1)"
+    ]
