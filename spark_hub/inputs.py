@@ -135,6 +135,20 @@ def clean_reference(answer: str | None) -> str | None:
     return answer.strip() or None
 
 
+def _row_fields(
+    row: dict[str, Any], where: str, problem_field: str, answer_field: str | None, id_field: str | None,
+    id_fields: tuple[str, ...] = ID_FIELDS,
+) -> tuple[str, str | None, str | None]:
+    """``(problem text, reference, id or None)`` of one input row, validated."""
+    text = _text_field(row, problem_field, where, required=True)
+    reference = clean_reference(_text_field(row, answer_field, where, required=False)) if answer_field else None
+    if id_field:
+        pid = _text_field(row, id_field, where, required=True)
+    else:
+        pid = next((str(row[k]) for k in id_fields if row.get(k) not in (None, "")), None)
+    return text, reference, pid
+
+
 def load_problems(
     path: str | Path,
     *,
@@ -149,12 +163,8 @@ def load_problems(
     for i, (where, row) in enumerate(iter_rows(path)):
         if limit is not None and len(problems) >= limit:
             break
-        text = _text_field(row, problem_field, where, required=True)
-        reference = clean_reference(_text_field(row, answer_field, where, required=False)) if answer_field else None
-        if id_field:
-            pid = _text_field(row, id_field, where, required=True)
-        else:
-            pid = next((str(row[k]) for k in ID_FIELDS if row.get(k) not in (None, "")), None) or f"{i:06d}"
+        text, reference, pid = _row_fields(row, where, problem_field, answer_field, id_field)
+        pid = pid or f"{i:06d}"
         if pid in seen:
             raise SparkHubError(f"duplicate problem id {pid!r} (first seen at {seen[pid]})", where=where,
                                 hint="set --set id_field=NAME to a unique field")
@@ -179,17 +189,12 @@ def load_solutions(
     ``limit`` counts problems. ProcessBench and PRM800K-style files work with the default mapping.
     """
     grouped: dict[str, tuple[Problem, list[dict[str, Any]]]] = {}
-    for i, (where, row) in enumerate(iter_rows(path)):
-        text = _text_field(row, problem_field, where, required=True)
+    for where, row in iter_rows(path):
+        text, reference, pid = _row_fields(row, where, problem_field, answer_field, id_field,
+                                           ("problem_id",) + ID_FIELDS)
         steps = row.get("steps")
         if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
             raise SparkHubError("field 'steps' must be a non-empty list of strings", where=where)
-        reference = clean_reference(_text_field(row, answer_field, where, required=False)) if answer_field else None
-        pid = None
-        if id_field:
-            pid = _text_field(row, id_field, where, required=True)
-        else:
-            pid = next((str(row[k]) for k in ("problem_id",) + ID_FIELDS if row.get(k) not in (None, "")), None)
         key = pid or text
         if key not in grouped:
             if limit is not None and len(grouped) >= limit:

@@ -270,7 +270,8 @@ def finished_build(output_dir: Path, key: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _check_output_dir(output_dir: Path) -> None:
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse a path that is a file, or a non-empty folder that is not a spark-hub build."""
     if output_dir.exists() and not output_dir.is_dir():
         raise SparkHubError(f"output path exists and is not a folder: {output_dir}")
     if output_dir.is_dir() and any(output_dir.iterdir()):
@@ -328,7 +329,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     if not config.output_dir:
         raise SparkHubError("output_dir is not set", hint="--output-dir DIR")
     output_dir = Path(config.output_dir)
-    _check_output_dir(output_dir)
+    check_output_dir(output_dir)
     method = config.aggregation.method
 
     # ---- inputs (validated before anything is written), contamination check
@@ -398,9 +399,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
                 solutions = {p.id: given_solutions(p, inputs.given[p.id]) for p in chunk}
             pairs = [(p, s) for p in chunk for s in solutions[p.id]]
             with_steps = [(p, s) for p, s in pairs if s.steps]
-            if len(with_steps) < len(pairs):
-                for task in ("verify", "critique", "merge") if method in META_METHODS else ("verify",):
-                    bar.advance(task, len(pairs) - len(with_steps))
+            bar.advance("verify", len(pairs) - len(with_steps))  # solutions without steps are not verified
 
             # ---- N verifications: one request with n=N per solution
             requests = [verification_request(p, s, config.verifier.sampling(), config.seed,
@@ -415,7 +414,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
             # ---- aggregate (+ meta-critique: critique, then merge, on the selected verification)
             labelled = labeller.aggregate(pairs, verifications)
             if method in META_METHODS:
-                labelled = labeller.meta_critique(labelled, verifier, tick, stats)
+                labelled = labeller.meta_critique(labelled, verifier, bar, stats)
 
             # ---- records, balancing, validation, write
             record_rows, verification_rows = labeller.rows(labelled)
@@ -500,15 +499,19 @@ class Labeller:
             out.append(Labelled(p, s, vs, aggregate(vs, len(s.steps), self.config.aggregation)))
         return out
 
-    def meta_critique(self, labelled: list[Labelled], verifier: CachedBackend, tick, stats) -> list[Labelled]:
+    def meta_critique(self, labelled: list[Labelled], verifier: CachedBackend, bar: StageProgress,
+                      stats: LabelStats) -> list[Labelled]:
         """Critique, then merge, the selected verification of every labelled solution (T=0, n=1)."""
         agg_cfg = self.config.aggregation
         sampling = {"n": 1, "temperature": agg_cfg.critique_temperature, "top_p": 1.0,
                     "max_tokens": agg_cfg.critique_max_tokens}
         todo = [item for item in labelled if item.aggregate.status == "ok" and item.aggregate.selected is not None]
-        skipped = len(labelled) - len(todo) - sum(1 for item in labelled if not item.solution.steps)
-        for task in ("critique", "merge"):
-            tick(task)([None] * skipped, [])
+        for task in ("critique", "merge"):  # unlabelled solutions have nothing to critique
+            bar.advance(task, len(labelled) - len(todo))
+
+        def tick(task):
+            return lambda rs, outs: bar.advance(task, len(rs), sum(c.completion_tokens for o in outs for c in o))
+
         base_texts = [item.verifications[item.aggregate.selected].text for item in todo]
         requests = [GenerationRequest.from_chat(
             critique_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text),

@@ -277,7 +277,7 @@ def pilot(config: BuildConfig, k: int, *, progress: bool = True) -> dict[str, An
     if not config.output_dir:
         raise SparkHubError("output_dir is not set", hint="--output-dir DIR (the pilot lives in DIR/.spark/pilot)")
     out = Path(config.output_dir)
-    build._check_output_dir(out)
+    build.check_output_dir(out)
     limit = min(k, config.limit) if config.limit else k
     pilot_config = dataclasses.replace(
         config, limit=limit, output_dir=str(out / PILOT_DIR), push=False,
