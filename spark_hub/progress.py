@@ -109,6 +109,12 @@ class StageProgress:
         elif self.enabled and time.monotonic() - task.last_log >= self.log_every:
             self._log(task)
 
+    def on_batch(self, name: str):
+        """A `CachedBackend.generate` ``on_batch`` callback advancing ``name`` by requests and tokens."""
+        return lambda requests, outputs: self.advance(
+            name, len(requests), sum(c.completion_tokens for out in outputs for c in out)
+        )
+
     def _log(self, task: _Task) -> None:
         task.last_log = time.monotonic()
         elapsed = max(task.last_log - task.started, 1e-6)

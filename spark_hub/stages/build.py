@@ -383,16 +383,13 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
             bar.add("critique", len(problems) * per_problem)
             bar.add("merge", len(problems) * per_problem)
 
-        def tick(task):
-            return lambda rs, outs: bar.advance(task, len(rs), sum(c.completion_tokens for o in outs for c in o))
-
         for start in range(0, len(problems), config.chunk_size):
             chunk = problems[start : start + config.chunk_size]
 
             # ---- solutions: one request with n=M per problem (or the given ones)
             if generator is not None:
                 requests = [solution_request(p, config.generator.sampling(), config.seed) for p in chunk]
-                outputs = generator.generate(requests, on_batch=tick("generate"))
+                outputs = generator.generate(requests, on_batch=bar.on_batch("generate"))
                 solutions = {p.id: parse_solutions(p, out) for p, out in zip(chunk, outputs)}
                 stats.tokens["generator"] += sum(c.completion_tokens for o in outputs for c in o)
             else:
@@ -404,7 +401,7 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
             # ---- N verifications: one request with n=N per solution
             requests = [verification_request(p, s, config.verifier.sampling(), config.seed,
                                              with_reference=method == "reference_guided") for p, s in with_steps]
-            outputs = verifier.generate(requests, on_batch=tick("verify"))
+            outputs = verifier.generate(requests, on_batch=bar.on_batch("verify"))
             verifications = {
                 (s.problem_id, s.index): parse_verifications(s, out, verifier.model_id)
                 for (_, s), out in zip(with_steps, outputs)
@@ -509,19 +506,16 @@ class Labeller:
         for task in ("critique", "merge"):  # unlabelled solutions have nothing to critique
             bar.advance(task, len(labelled) - len(todo))
 
-        def tick(task):
-            return lambda rs, outs: bar.advance(task, len(rs), sum(c.completion_tokens for o in outs for c in o))
-
         base_texts = [item.verifications[item.aggregate.selected].text for item in todo]
         requests = [GenerationRequest.from_chat(
             critique_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text),
             seed=self.config.seed, **sampling) for item, text in zip(todo, base_texts)]
-        critiques = verifier.generate(requests, on_batch=tick("critique"))
+        critiques = verifier.generate(requests, on_batch=bar.on_batch("critique"))
         requests = [GenerationRequest.from_chat(
             merge_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text,
                            strip_think(out[0].text)),
             seed=self.config.seed, **sampling) for item, text, out in zip(todo, base_texts, critiques)]
-        merges = verifier.generate(requests, on_batch=tick("merge"))
+        merges = verifier.generate(requests, on_batch=bar.on_batch("merge"))
         for item, crit, merged in zip(todo, critiques, merges):
             stats.tokens["meta"] = stats.tokens.get("meta", 0) + crit[0].completion_tokens + merged[0].completion_tokens
             item.critique = _unparsed(item.solution, crit[0], self.verifier_id)

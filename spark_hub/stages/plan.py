@@ -155,31 +155,32 @@ def dry_run(config: BuildConfig, *, throughput: float | None = None) -> dict[str
     ver_prompt = 0
     meta_prompt = 0
     fake_solution = ["x"]  # the template's own tokens; solution tokens are added from estimates
+
+    def meta_tokens(text: str) -> float:
+        """Critique + merge prompt tokens for one solution of problem ``text``."""
+        return (ver_counter.count(critique_messages(text, fake_solution, None, ""))
+                + ver_counter.count(merge_messages(text, fake_solution, None, "", ""))
+                + 2 * (gen_completion + ver_completion) + meta_completion)
+
+    # (problem text, reference shown to the verifier, given solutions, how many problems it stands for)
     if problems_known:
-        for p in problems:
-            if gen_counter is not None:
-                gen_prompt += gen_counter.count(generator_messages(p.problem))
-            reference = p.reference if with_reference else None
-            base = ver_counter.count(verifier_messages(p.problem, fake_solution, None, reference))
-            per_problem_solutions = len(given[p.id]) if given is not None else m
-            if given is not None:
-                for row in given[p.id]:
-                    ver_prompt += ver_counter.count(verifier_messages(p.problem, row["steps"], row.get("final_answer"), reference))
-            else:
-                ver_prompt += per_problem_solutions * (base + gen_completion)
-            if meta:
-                crit = ver_counter.count(critique_messages(p.problem, fake_solution, None, ""))
-                merge = ver_counter.count(merge_messages(p.problem, fake_solution, None, "", ""))
-                meta_prompt += per_problem_solutions * (crit + merge + 2 * (gen_completion + ver_completion) + meta_completion)
+        items = [(p.problem, p.reference if with_reference else None,
+                  given[p.id] if given is not None else None, 1) for p in problems]
     else:
-        sample = "A typical competition math problem statement of moderate length. " * 3
+        items = [("A typical competition math problem statement of moderate length. " * 3, None, None, n_problems)]
+    for text, reference, rows, weight in items:
         if gen_counter is not None:
-            gen_prompt = n_problems * gen_counter.count(generator_messages(sample))
-        ver_prompt = n_solutions * (ver_counter.count(verifier_messages(sample, fake_solution, None)) + gen_completion)
+            gen_prompt += weight * gen_counter.count(generator_messages(text))
+        if rows is not None:
+            ver_prompt += sum(ver_counter.count(verifier_messages(text, r["steps"], r.get("final_answer"), reference))
+                              for r in rows)
+            solutions = len(rows)
+        else:
+            base = ver_counter.count(verifier_messages(text, fake_solution, None, reference))
+            ver_prompt += weight * m * (base + gen_completion)
+            solutions = weight * m
         if meta:
-            meta_prompt = n_solutions * (ver_counter.count(critique_messages(sample, fake_solution, None, ""))
-                                         + ver_counter.count(merge_messages(sample, fake_solution, None, "", ""))
-                                         + 2 * (gen_completion + ver_completion) + meta_completion)
+            meta_prompt += solutions * meta_tokens(text)
 
     calls = {
         "generator_requests": n_problems if given is None else 0,
