@@ -31,20 +31,29 @@ class SparkHubError(ValueError):
 
 
 class MissingExtraError(SparkHubError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
+    """An optional dependency is not installed; the message names the extra to install.
 
-    def __init__(self, package: str, extra: str, feature: str):
+    Args:
+        package: the missing module.
+        extra: the spark-hub extra that installs it (None: no extra does).
+        feature: what needs it (``"the vllm backend"``).
+        hint: the install command; default ``pip install 'spark-hub[EXTRA]'``.
+    """
+
+    def __init__(self, package: str, extra: str | None, feature: str, *, hint: str | None = None):
+        self.package = package
+        self.extra = extra
         super().__init__(
             f"{feature} needs the `{package}` package, which is not installed",
-            hint=f"pip install 'spark-hub[{extra}]'",
+            hint=hint or (f"pip install 'spark-hub[{extra}]'" if extra else f"pip install {package}"),
         )
 
 
-def require(module: str, extra: str, feature: str):
-    """Import an optional dependency or raise `MissingExtraError` naming the extra."""
-    import importlib
-    import importlib.util
+def __getattr__(name: str):
+    # `require` lives in spark_hub.import_utils (with is_available and the tested version windows);
+    # re-exported lazily here so `from spark_hub.errors import require` keeps working.
+    if name == "require":
+        from spark_hub.import_utils import require
 
-    if importlib.util.find_spec(module) is None:
-        raise MissingExtraError(module, extra, feature)
-    return importlib.import_module(module)
+        return require
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
