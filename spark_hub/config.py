@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from spark_hub.backends.base import BackendConfig
+from spark_hub.backends.base import BACKENDS, BackendConfig
 from spark_hub.errors import SparkHubError
 from spark_hub.stages.aggregate import AggregationConfig
 from spark_hub.stages.balance import BalanceConfig
@@ -40,16 +40,22 @@ class RoleConfig(BackendConfig):
     max_tokens: int = field(default=512, metadata={"help": "Maximum new tokens per completion."})
 
     def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # BackendConfig's own checks, if it has them
+            parent()
+        if self.backend not in BACKENDS and ":" not in self.backend:
+            raise invalid("backend", f"unknown backend {self.backend!r}",
+                          hint=f"valid backends: {', '.join(BACKENDS)}, or a 'module:Class' path")
         if self.n < 1:
-            raise SparkHubError(f"n must be >= 1, got {self.n}")
+            raise invalid("n", f"n must be >= 1, got {self.n}")
         if self.temperature < 0:
-            raise SparkHubError(f"temperature must be >= 0, got {self.temperature}")
+            raise invalid("temperature", f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise SparkHubError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise invalid("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
-            raise SparkHubError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise invalid("max_tokens", f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.batch_size < 1:
-            raise SparkHubError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise invalid("batch_size", f"batch_size must be >= 1, got {self.batch_size}")
 
     def backend_config(self) -> BackendConfig:
         names = {f.name for f in dataclasses.fields(BackendConfig)}
@@ -102,11 +108,11 @@ class BuildConfig:
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
-            raise SparkHubError(f"limit must be >= 1, got {self.limit}")
+            raise invalid("limit", f"limit must be >= 1, got {self.limit}")
         if self.chunk_size < 1:
-            raise SparkHubError(f"chunk_size must be >= 1, got {self.chunk_size}")
+            raise invalid("chunk_size", f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.push and not self.hub_repo:
-            raise SparkHubError("push is set but hub_repo is empty", hint="--hub-repo ORG/NAME")
+            raise invalid("push", "push is set but hub_repo is empty", hint="--hub-repo ORG/NAME")
         if self.verifier.n > 1 and self.verifier.temperature == 0:
             logger.warning("verifier.n=%d with temperature 0: the N verifications will be identical", self.verifier.n)
 
@@ -120,44 +126,121 @@ class BuildConfig:
 
 
 # ----------------------------------------------------------------------------- loading
+#
+# A config is resolved from up to four layers: dataclass defaults < YAML recipe < ``--set key=value``
+# < explicit CLI flags. `Sources` remembers which layer set each (dotted) key, so an error can name
+# where the offending value came from: ``recipe.yaml:12``, ``--set verifier.n`` or ``--limit``.
+
+#: The model roles; a value under one of these sections is reported with the role's name.
+ROLES = ("generator", "verifier")
+
+
+class Sources(dict):
+    """``{dotted key: where its value came from}`` (``"recipe.yaml:12"``, ``"--set verifier.n"``...)."""
+
+    def label(self, key: str) -> str | None:
+        """Where ``key`` (or the closest section above it) was set, or None for a default."""
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            found = self.get(".".join(parts[:i]))
+            if found is not None:
+                return found
+        return None
+
+
+def invalid(field_name: str, message: str, *, hint: str | None = None) -> SparkHubError:
+    """A `SparkHubError` for one dataclass field; the loader adds the key's source and role."""
+    error = SparkHubError(message, hint=hint)
+    error.field = field_name  # type: ignore[attr-defined]
+    return error
 
 
 def _valid_keys(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
 def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def from_dict(cls, data: dict[str, Any], *, where: str = "config", prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with the valid list."""
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def _blamed_field(error: BaseException, cls, given: list[str]) -> str | None:
+    """The field a validation error is about: its ``field`` attribute, else the field its message
+    starts with (``"n must be >= 1"``, ``"balance.by must be..."``), else the only given key it names."""
+    import re
+
+    name = getattr(error, "field", None)
+    valid = _valid_keys(cls)
+    if name in valid:
+        return name
+    message = getattr(error, "message", None) or str(error)
+    first = message.split(" ", 1)[0].strip("`'\":,")
+    first = first.rsplit(".", 1)[-1]
+    if first in valid:
+        return first
+    named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)]
+    return named[0] if len(named) == 1 else None
+
+
+def _with_source(error: BaseException, *, key: str | None, sources: Sources, where: str) -> SparkHubError:
+    """Re-raise a validation error as one line naming the value's source and, under a role, the role."""
+    label = sources.label(key) if key else None
+    if label is None:
+        label = f"{key} (default)" if key else where
+    role = key.split(".", 1)[0] if key and key.split(".", 1)[0] in ROLES else None
+    message = getattr(error, "message", None) or " ".join(str(error).split())
+    hint = "; ".join(h for h in (role, getattr(error, "hint", None)) if h) or None
+    return SparkHubError(message, where=label, hint=hint)
+
+
+def from_dict(cls, data: dict[str, Any], *, where: str = "config", prefix: str = "",
+              sources: Sources | None = None):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with the valid list.
+
+    Errors name the source of the offending key (see `Sources`) and, inside a ``generator`` or
+    ``verifier`` section, the role.
+    """
+    sources = sources if sources is not None else Sources()
+    section = prefix.rstrip(".")
     if not isinstance(data, dict):
-        raise SparkHubError(f"section {prefix.rstrip('.') or 'root'} must be a mapping, got {type(data).__name__}", where=where)
+        raise SparkHubError(f"section {section or 'root'} must be a mapping, got {type(data).__name__}",
+                            where=sources.label(section) or where)
     hints = typing.get_type_hints(cls)
+    valid = _valid_keys(cls)
     kwargs = {}
     for key, value in data.items():
-        if key not in hints or key not in _valid_keys(cls):
+        if key not in valid:
             raise SparkHubError(
                 f"unknown key {prefix}{key!s}",
-                where=where,
-                hint=f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(_valid_keys(cls))}",
+                where=sources.label(f"{prefix}{key}") or where,
+                hint=f"{_did_you_mean(str(key), valid)}valid keys{' under ' + section if section else ''}: "
+                     f"{', '.join(valid)}",
             )
         tp = hints[key]
         if _is_dataclass_type(tp):
-            kwargs[key] = from_dict(tp, value or {}, where=where, prefix=f"{prefix}{key}.")
+            kwargs[key] = from_dict(tp, value or {}, where=where, prefix=f"{prefix}{key}.", sources=sources)
         else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}", where)
+            try:
+                kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+            except SparkHubError as e:
+                raise _with_source(e, key=f"{prefix}{key}", sources=sources, where=where) from None
     try:
         return cls(**kwargs)
-    except SparkHubError as e:
-        if e.where is None:
-            e.where = where
-            e.args = (e.one_line(),)
-        raise
+    except (SparkHubError, ValueError, TypeError) as e:
+        if isinstance(e, TypeError) and not isinstance(e, SparkHubError) and "__init__" not in str(e):
+            raise
+        name = _blamed_field(e, cls, list(kwargs))
+        key = f"{prefix}{name}" if name else (section or None)
+        raise _with_source(e, key=key, sources=sources, where=where) from None
 
 
-def _coerce(value: Any, tp, name: str, where: str):
+def _coerce(value: Any, tp, name: str):
     """Light type checking for scalars from YAML / --set (the dataclass does the rest)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -165,51 +248,88 @@ def _coerce(value: Any, tp, name: str, where: str):
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        tp = non_none[0] if len(non_none) == 1 else tp
+        if len(non_none) != 1:
+            return value  # e.g. `dict | str`: the dataclass decides
+        tp = non_none[0]
     if typing.get_origin(tp) is list:
-        if isinstance(value, str):
+        item = (typing.get_args(tp) or (str,))[0]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SparkHubError(f"{name} must be a list of strings, got {value!r}", where=where)
+        if not isinstance(value, list):
+            raise SparkHubError(f"{name} must be a list, got {value!r}")
+        if item is str and not all(isinstance(v, str) for v in value):
+            raise SparkHubError(f"{name} must be a list of strings, got {value!r}")
         return value
     if typing.get_origin(tp) is dict and not isinstance(value, dict):
-        raise SparkHubError(f"{name} must be a mapping, got {value!r}", where=where)
+        raise SparkHubError(f"{name} must be a mapping, got {value!r}")
     if tp is bool and not isinstance(value, bool):
-        raise SparkHubError(f"{name} must be true or false, got {value!r}", where=where)
+        raise SparkHubError(f"{name} must be true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise SparkHubError(f"{name} must be an integer, got {value!r}", where=where)
+        raise SparkHubError(f"{name} must be an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SparkHubError(f"{name} must be a number, got {value!r}", where=where)
+            raise SparkHubError(f"{name} must be a number, got {value!r}")
         return float(value)
     if tp is str and not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise SparkHubError(f"{name} must be a string, got {value!r}", where=where)
+        raise SparkHubError(f"{name} must be a string, got {value!r}")
     return value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        builtin = Path(__file__).parent / "pipelines" / f"{path}"
-        for candidate in (builtin, builtin.with_suffix(".yaml")):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise SparkHubError(f"config file not found: {path}", hint="see pipelines/ for recipes")
+def _key_lines(text: str) -> dict[str, int]:
+    """``{dotted key: 1-based line}`` of every mapping key in a YAML document."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            walk(value_node, f"{key}.")
+
+    walk(root, "")
+    return lines
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe path, or the name of a built-in one (``demo-cpu``, ``spark-paper/single``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    builtin = Path(__file__).parent / "pipelines" / f"{path}"
+    for candidate in (builtin, builtin.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    raise SparkHubError(f"config file not found: {path}", hint="`spark-hub recipes` lists the built-in ones")
+
+
+def read_recipe(path: str | Path) -> tuple[dict[str, Any], Sources]:
+    """Read a YAML recipe; returns the data and where each key is (``file:line``)."""
+    path = find_recipe(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise SparkHubError(f"invalid YAML ({getattr(e, 'problem', e)})", where=f"{path}{line}") from e
     if data is None:
-        return {}
+        return {}, Sources()
     if not isinstance(data, dict):
         raise SparkHubError("a recipe must be a mapping of keys to values", where=str(path))
+    sources = Sources({key: f"{path}:{line}" for key, line in _key_lines(text).items()})
+
     # Input paths in a recipe may be written relative to the recipe itself.
     def relative_to_recipe(node, key) -> None:
         value = node[key] if isinstance(node, list) else node.get(key)
@@ -218,34 +338,42 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
     for key in ("problems", "solutions"):
         relative_to_recipe(data, key)
-    for role in ("generator", "verifier"):
+    for role in ROLES:
         if isinstance(data.get(role), dict):
             relative_to_recipe(data[role], "model")
     benchmarks = (data.get("contamination") or {}).get("benchmarks")
     if isinstance(benchmarks, list):
         for i, _ in enumerate(benchmarks):
             relative_to_recipe(benchmarks, i)  # type: ignore[arg-type]
-    return data
+    return data, sources
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe; errors name the file and line."""
+    return read_recipe(path)[0]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], sources: Sources | None = None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a nested dict."""
     data = _deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise SparkHubError(f"--set expects key=value, got {item!r}", hint="e.g. --set verifier.n=8")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         node = data
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SparkHubError(f"--set {key}: {part} is not a section")
+                raise SparkHubError(f"{part} is not a section", where=f"--set {key}")
         node[parts[-1]] = value
+        if sources is not None:
+            sources[key] = f"--set {key}"
     return data
 
 
@@ -253,17 +381,56 @@ def _deepcopy(d):
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
+def _apply_flags(data: dict[str, Any], flags: dict[str, Any], sources: Sources) -> None:
+    """Explicit CLI flags (None = not given); dotted keys address sections."""
+    for key, value in flags.items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        sources[key] = "--" + parts[-1].replace("_", "-")
+
+
+def _looks_like_path(model: str) -> bool:
+    """A model string that can only be a local path (a Hub id is ``name`` or ``org/name``)."""
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1 or \
+        model.endswith((".gguf", ".jsonl", ".json"))
+
+
+def _check_model_paths(config: "BuildConfig", sources: Sources, where: str) -> None:
+    """A missing local model path is an error naming the role and the source, before anything runs."""
+    roles = ("verifier",) if config.solutions else ROLES
+    for role in roles:
+        rc: RoleConfig = getattr(config, role)
+        if rc.backend == "openai" or rc.model == "embedded":
+            continue  # a served model name, or the packaged GGUF
+        path = Path(rc.model).expanduser()
+        if not path.exists() and (rc.backend == "scripted" or _looks_like_path(rc.model)):
+            error = SparkHubError(f"model path {rc.model!r} does not exist",
+                                  hint="pass an existing folder written by save_pretrained, a Hub model id, or `embedded`")
+            raise _with_source(error, key=f"{role}.model", sources=sources, where=where)
+
+
 def load_build_config(
     path: str | Path | None = None, overrides: list[str] | None = None, **flags: Any
 ) -> BuildConfig:
-    """Resolve a `BuildConfig`: defaults < YAML < ``--set`` < explicit flags (non-None)."""
-    data = read_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides or []))
-    for key, value in flags.items():
-        if value is not None:
-            data[key] = value
+    """Resolve a `BuildConfig`: defaults < YAML < ``--set`` < explicit flags (non-None).
+
+    Errors name the role (generator / verifier) and where the value came from::
+
+        --set verifier.n: n must be >= 1, got 0 (verifier)
+        pipelines/demo-cpu.yaml:17: temperature must be >= 0, got -1.0 (generator)
+    """
+    data, sources = read_recipe(path) if path else ({}, Sources())
+    data = apply_overrides(data, list(overrides or []), sources)
+    _apply_flags(data, flags, sources)
     where = str(path) if path else "config"
-    return from_dict(BuildConfig, data, where=where)
+    config = from_dict(BuildConfig, data, where=where, sources=sources)
+    _check_model_paths(config, sources, where)
+    return config
 
 
 def dump_yaml(config) -> str:

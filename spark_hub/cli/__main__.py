@@ -1,0 +1,3 @@
+from spark_hub.cli import main
+
+main()

