@@ -1,6 +1,6 @@
 """Pure parsers for model text. They never raise on model output: failures are statuses.
 
-- `parse_solution`: a generator completion -> numbered steps + final answer.
+- `parse_solution`: a generator completion -> numbered steps (exact text + character spans) + final answer.
 - `parse_verification`: a verifier completion -> one verdict per ``## Step k`` block + the final
   "Is the answer correct (Yes/No)?" verdict, with ``<think>`` blocks stripped first.
 """
@@ -42,9 +42,12 @@ SOLUTION_STATUSES = (OK, "fallback_steps", "no_answer", EMPTY)
 @dataclass
 class ParsedSolution:
     steps: list[str]
+    """Exact text of each step: ``text[start:end]`` of the parsed completion for its span."""
     final_answer: str | None
     status: str
     """``ok``; ``fallback_steps`` (no "Step k" markers, split on lines); ``no_answer``; ``empty``."""
+    spans: list[list[int]] = field(default_factory=list)
+    """``[start, end)`` character offsets of each step in the completion."""
 
 
 @dataclass
@@ -89,39 +92,109 @@ def parse_solution(text: str) -> ParsedSolution:
     Without any ``Step k`` marker, non-empty lines before the answer become the steps and the
     status is ``fallback_steps``.
 
-    >>> parse_solution("Step 1: 2+2=4\\nStep 2: 4*3=12\\nAnswer: 12").steps
-    ['2+2=4', '4*3=12']
+    Each step is the EXACT text of the completion (marker excluded, surrounding whitespace
+    trimmed, inner whitespace and newlines kept): ``text[start:end]`` for its span in ``spans``.
+    ``<think>`` blocks are skipped as `strip_think` does, but offsets refer to ``text`` itself.
+
+    >>> parsed = parse_solution("Step 1: 2+2=4\\nStep 2: 4*3=12\\nAnswer: 12")
+    >>> parsed.steps, parsed.spans
+    (['2+2=4', '4*3=12'], [[8, 13], [22, 28]])
     """
-    text = strip_think(text or "")
-    if not text.strip():
+    text = text or ""
+    masked, lo, hi = _visible(text)
+    if not masked[lo:hi].strip():
         return ParsedSolution(steps=[], final_answer=None, status=EMPTY)
     answer_match = None
-    for answer_match in _ANSWER_RE.finditer(text):
+    for answer_match in _ANSWER_RE.finditer(masked, lo, hi):
         pass  # keep the last "Answer:" line
     final_answer = _clean_answer(answer_match.group(1)) if answer_match else None
-    body = text[: answer_match.start()] if answer_match else text
+    body_end = answer_match.start() if answer_match else hi
     if final_answer is None and answer_match is None:
-        boxed = list(_BOXED_RE.finditer(text))
+        boxed = None
+        for boxed in _BOXED_RE.finditer(masked, lo, hi):
+            pass
         if boxed:
-            final_answer = boxed[-1].group(1).strip() or None
+            final_answer = boxed.group(1).strip() or None
 
-    markers = list(_STEP_RE.finditer(body))
+    spans: list[list[int]] = []
+    markers = list(_STEP_RE.finditer(masked, lo, body_end))
     if markers:
-        steps = []
         for i, m in enumerate(markers):
-            end = markers[i + 1].start() if i + 1 < len(markers) else len(body)
-            step = " ".join(body[m.end() : end].split())
-            if step:
-                steps.append(step)
+            span = _trim(masked, m.end(), markers[i + 1].start() if i + 1 < len(markers) else body_end)
+            if span:
+                spans.append(span)
         status = OK
     else:
-        steps = [" ".join(line.split()) for line in body.splitlines() if line.strip()]
+        start = lo
+        while start < body_end:
+            end = masked.find("\n", start, body_end)
+            end = body_end if end < 0 else end
+            span = _trim(masked, start, end)
+            if span:
+                spans.append(span)
+            start = end + 1
         status = "fallback_steps"
-    if not steps:
+    if not spans:
         return ParsedSolution(steps=[], final_answer=final_answer, status=EMPTY)
     if final_answer is None and status == OK:
         status = "no_answer"
-    return ParsedSolution(steps=steps, final_answer=final_answer, status=status)
+    return ParsedSolution(steps=[text[a:b] for a, b in spans], final_answer=final_answer, status=status,
+                          spans=spans)
+
+
+def _visible(text: str) -> tuple[str, int, int]:
+    """``(masked, lo, hi)``: ``text`` with closed think blocks blanked (same length, so offsets hold)
+    and the range left visible by an unclosed ``<think>`` or a stray ``</think>`` (as `strip_think`)."""
+    lower = text.lower()
+    if "<think>" not in lower and "</think>" not in lower:
+        return text, 0, len(text)
+    masked = _THINK_CLOSED_RE.sub(lambda m: " " * len(m.group(0)), text)
+    lower = masked.lower()
+    lo, hi = 0, len(masked)
+    close = lower.rfind("</think>")
+    if close >= 0:
+        lo = close + len("</think>")
+        # the visible text starts a line (as after strip_think), so "^" patterns match there
+        masked = masked[: lo - 1] + "\n" + masked[lo:]
+    opened = lower.find("<think>", lo)
+    if opened >= 0:
+        hi = opened
+    return masked, lo, hi
+
+
+def _trim(text: str, start: int, end: int) -> list[int] | None:
+    """``[start, end)`` shrunk past surrounding whitespace; None when nothing is left."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return [start, end] if start < end else None
+
+
+def locate_steps(text: str, steps: list[str]) -> list[list[int]] | None:
+    """Spans of ``steps`` found in ``text`` in order (given solutions formatted into a text);
+    None when a step does not occur verbatim.
+
+    >>> locate_steps("Step 1: a\\nStep 2: b", ["a", "b"])
+    [[8, 9], [18, 19]]
+    """
+    spans, pos = [], 0
+    for k, step in enumerate(steps, start=1):
+        if not step:
+            return None
+        marker = f"Step {k}: "  # `prompts.format_solution` writes each step after its marker
+        start = text.find(marker + step, pos)
+        start = start + len(marker) if start >= 0 else text.find(step, pos)
+        if start < 0:
+            return None
+        spans.append([start, start + len(step)])
+        pos = start + len(step)
+    return spans
+
+
+def normalize_whitespace(text: str) -> str:
+    """A step with runs of whitespace collapsed to one space (how schema v1 stored ``steps``)."""
+    return " ".join(text.split())
 
 
 def parse_verification(text: str, expected_steps: int | None = None) -> ParsedVerification:

@@ -5,8 +5,9 @@ DIR/data/train-00000-of-00002.parquet           step records   (config "default"
 DIR/verifications/train-00000-of-00001.parquet  raw verifications (config "verifications")
 ```
 Rows are appended chunk by chunk into staging shards under ``DIR/.spark/staging`` (memory stays
-flat), then moved into place by `finalize_shards`. Column types come from `datasets.Features`
-so that ``datasets.load_dataset(DIR)`` reads exactly what was written.
+flat), then moved into place by `finalize_shards`. Column types come from the record declarations in
+`spark_hub.records` (with the ``huggingface`` schema metadata), so that ``datasets.load_dataset(DIR)``
+reads exactly what was written, without importing ``datasets`` on the write path.
 """
 
 from __future__ import annotations
@@ -20,61 +21,27 @@ CONFIGS = {"default": "data", "verifications": "verifications"}
 STAGING = Path(".spark") / "staging"
 
 
-def features(config: str):
-    """The `datasets.Features` of a config (``default`` step records or ``verifications``)."""
-    from datasets import Features, List, Value
+def record_type(config: str):
+    """The record class of a config (``default``: `StepRecord`, ``verifications``: `Verification`)."""
+    from spark_hub.records import CONFIG_RECORDS
 
-    if config == "default":
-        return Features({
-            "schema_version": Value("string"),
-            "id": Value("string"),
-            "problem_id": Value("string"),
-            "problem": Value("string"),
-            "reference": Value("string"),
-            "solution_index": Value("int32"),
-            "solution": Value("string"),
-            "steps": List(Value("string")),
-            "final_answer": Value("string"),
-            "solution_status": Value("string"),
-            "generator": Value("string"),
-            "verifier": Value("string"),
-            "method": Value("string"),
-            "status": Value("string"),
-            "labels": List(Value("bool")),
-            "final_label": Value("bool"),
-            "first_error_step": Value("int32"),
-            "votes_correct": List(Value("int32")),
-            "votes_incorrect": List(Value("int32")),
-            "agreement": List(Value("float64")),
-            "final_votes_yes": Value("int32"),
-            "final_votes_no": Value("int32"),
-            "n_verifications": Value("int32"),
-            "n_parsed": Value("int32"),
-            "cot_target": Value("string"),
-            "cot_verification_index": Value("int32"),
-            "cot_verification_id": Value("string"),
-            "cot_exact_match": Value("bool"),
-        })
-    if config == "verifications":
-        return Features({
-            "schema_version": Value("string"),
-            "id": Value("string"),
-            "record_id": Value("string"),
-            "problem_id": Value("string"),
-            "solution_index": Value("int32"),
-            "verification_index": Value("int32"),
-            "kind": Value("string"),
-            "verifier": Value("string"),
-            "raw_text": Value("string"),
-            "text": Value("string"),
-            "step_verdicts": List(Value("bool")),
-            "final_verdict": Value("bool"),
-            "parse_status": Value("string"),
-            "expected_steps": Value("int32"),
-            "finish_reason": Value("string"),
-            "completion_tokens": Value("int32"),
-        })
-    raise KeyError(config)
+    if config not in CONFIG_RECORDS:
+        raise KeyError(config)
+    return CONFIG_RECORDS[config]
+
+
+def arrow_schema(config: str):
+    """The Parquet schema of a config, derived from its record type (no ``datasets`` import)."""
+    from spark_hub.records import arrow_schema as schema_of
+
+    return schema_of(record_type(config))
+
+
+def features(config: str):
+    """The `datasets.Features` of a config, derived from its record type."""
+    from spark_hub.records import features as features_of
+
+    return features_of(record_type(config))
 
 
 class ShardWriter:
@@ -88,7 +55,7 @@ class ShardWriter:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        self.schema = features(config).arrow_schema
+        self.schema = arrow_schema(config)
         self.shards: list[Path] = []
         self.rows = 0
         self._writer = None

@@ -23,6 +23,28 @@ def test_parse_solution(case):
     parsed = parse_solution(case["text"])
     for key, expected in case["expected"].items():
         assert getattr(parsed, key) == expected, f"{case['name']}: {key}"
+    # every step is the exact text of its span in the completion
+    assert len(parsed.spans) == len(parsed.steps)
+    for step, (start, end) in zip(parsed.steps, parsed.spans):
+        assert case["text"][start:end] == step
+        assert step == step.strip() and step
+
+
+SPAN_TEXTS = [
+    "Step 1: a\r\nStep 2: b\r\nAnswer: 1",
+    "**Step 1.** Let $x=2$.\n\n$$x^2 = 4$$\n\n**Step 2.** So 4.\n\n**Final Answer:** \\boxed{4}",
+    "<think>Step 1: no</think>\n\nStep 1: yes\n  indented line\nAnswer: 7",
+    "Step 1: é ünïcode 😀 text\nStep 2: ✓\nAnswer: ✓",
+    "1. first\n2. second\nAnswer: 3",
+]
+
+
+@pytest.mark.parametrize("text", SPAN_TEXTS)
+def test_solution_spans_are_exact(text):
+    parsed = parse_solution(text)
+    assert parsed.steps
+    assert [text[a:b] for a, b in parsed.spans] == parsed.steps
+    assert all(a < b for a, b in parsed.spans) and parsed.spans == sorted(parsed.spans)
 
 
 @pytest.mark.parametrize("text", [None, "", "\x00\x01", "## Step", "## Step 99999999999999999999: x", "*" * 10000,

@@ -20,6 +20,9 @@ Pure functions, no model calls. Definitions (all configurable through `Aggregati
   ``outcome_consistency``: majority final verdict y*; labels of the first complete verification
   whose final verdict equals y*.
   ``step_consistency`` (the paper's winner): per-step majority labels, final label = y*.
+- **Probabilities** (backends that return logprobs): ``step_probs`` is, per step, the mean P(correct)
+  over the verifications that voted on that step; ``final_prob`` the mean P(Yes) over those with a
+  final verdict. Soft labels kept beside the votes; they never change the labels.
 - **PRM-CoT target**: the text of the selected verification. For ``step_consistency`` it is the
   first complete verification whose step labels AND final verdict equal the aggregate; when none
   does, ``cot_target="closest"`` (default) takes the complete verification agreeing on the most
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 
 from spark_hub.errors import SparkHubError
 from spark_hub.parsing import OK, ParsedVerification
+from spark_hub.records import StepLabels
 
 VOTE_METHODS = ("single", "outcome_consistency", "step_consistency")
 #: Meta-critique methods and the vote method whose selected verification they critique.
@@ -85,19 +89,12 @@ class AggregationConfig:
                 )
 
 
-@dataclass
-class Aggregate:
-    """The aggregated labels of one solution."""
+@dataclass(kw_only=True)
+class Aggregate(StepLabels):
+    """The aggregated labels of one solution: the label columns of a `StepRecord` (declared once,
+    in `spark_hub.records.StepLabels`) plus which verification became the PRM-CoT target.
+    `StepRecord.from_labels` builds the record from it."""
 
-    status: str
-    labels: list[bool] | None
-    final_label: bool | None
-    votes_correct: list[int]
-    votes_incorrect: list[int]
-    agreement: list[float | None]
-    final_votes_yes: int
-    final_votes_no: int
-    n_parsed: int
     selected: int | None = None
     """Index of the verification whose text is the PRM-CoT target."""
     exact_match: bool | None = None
@@ -122,23 +119,53 @@ def _majority(yes: int, no: int, tie_break: str) -> bool | None:
     return {"incorrect": False, "correct": True, "drop": None}[tie_break]
 
 
-def _step_votes(
-    verifications: list[ParsedVerification], n_steps: int, step_mismatch: str
-) -> tuple[list[int], list[int]]:
-    correct = [0] * n_steps
-    incorrect = [0] * n_steps
+def _step_voters(verifications: list[ParsedVerification], n_steps: int, step_mismatch: str) -> list:
+    """The verifications that vote on steps: with ``drop``, only those with one verdict per step."""
+    voters = []
     for v in verifications:
         if not v.step_verdicts:
             continue
-        if len(v.step_verdicts) != n_steps or None in v.step_verdicts:
-            if step_mismatch == "drop":
-                continue
+        if (len(v.step_verdicts) != n_steps or None in v.step_verdicts) and step_mismatch == "drop":
+            continue
+        voters.append(v)
+    return voters
+
+
+def _step_votes(voters: list[ParsedVerification], n_steps: int) -> tuple[list[int], list[int]]:
+    correct = [0] * n_steps
+    incorrect = [0] * n_steps
+    for v in voters:
         for i, verdict in enumerate(v.step_verdicts[:n_steps]):
             if verdict is True:
                 correct[i] += 1
             elif verdict is False:
                 incorrect[i] += 1
     return correct, incorrect
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def step_probabilities(voters: list[ParsedVerification], n_steps: int) -> list[float | None] | None:
+    """Per step, the mean P(correct) over the voters that gave a verdict AND a probability for it.
+
+    None when no voter carries ``step_probs`` (a backend without logprobs); a step no voter gave a
+    probability for is None.
+    """
+    sums = [0.0] * n_steps
+    counts = [0] * n_steps
+    for v in voters:
+        probs = getattr(v, "step_probs", None)
+        if not probs:
+            continue
+        for i, (verdict, p) in enumerate(zip(v.step_verdicts[:n_steps], probs)):
+            if verdict is not None and p is not None:
+                sums[i] += p
+                counts[i] += 1
+    if not any(counts):
+        return None
+    return [s / c if c else None for s, c in zip(sums, counts)]
 
 
 def _is_complete(v: ParsedVerification, n_steps: int) -> bool:
@@ -161,7 +188,8 @@ def aggregate(
     complete = [i for i, v in enumerate(verifications) if _is_complete(v, n_steps)]
     yes = sum(1 for v in verifications if v.final_verdict is True)
     no = sum(1 for v in verifications if v.final_verdict is False)
-    votes_c, votes_i = _step_votes(verifications, n_steps, config.step_mismatch)
+    voters = _step_voters(verifications, n_steps, config.step_mismatch)
+    votes_c, votes_i = _step_votes(voters, n_steps)
     agreement = [
         (max(c, w) / (c + w)) if (c + w) else None for c, w in zip(votes_c, votes_i)
     ]
@@ -169,8 +197,11 @@ def aggregate(
         votes_correct=votes_c,
         votes_incorrect=votes_i,
         agreement=agreement,
+        step_probs=step_probabilities(voters, n_steps),
         final_votes_yes=yes,
         final_votes_no=no,
+        final_prob=_mean([p for v in verifications if v.final_verdict is not None
+                          and (p := getattr(v, "final_prob", None)) is not None]),
         n_parsed=len(complete),
     )
 
