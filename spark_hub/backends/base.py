@@ -34,6 +34,11 @@ class GenerationRequest:
     top_p: float = 1.0
     max_tokens: int = 512
     seed: int | None = None
+    logprobs: bool = False
+    """Ask for ``Completion.token_ids`` / ``logprobs`` / ``token_offsets`` (backends that can)."""
+    constraint: str | None = None
+    """A serialised output format (`spark_hub.constrained`), e.g.
+    ``'{"kind": "verification", "steps": 5, "think": false}'``; None = free decoding."""
 
     @classmethod
     def from_chat(cls, messages: list[dict[str, str]], **sampling: Any) -> "GenerationRequest":
@@ -54,31 +59,65 @@ class GenerationRequest:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
         }
+        # Added fields enter the key only when set, so keys of earlier builds stay valid.
+        if self.logprobs:
+            payload["logprobs"] = True
+        if self.constraint is not None:
+            payload["constraint"] = self.constraint
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass
 class Completion:
-    """One sampled completion."""
+    """One sampled completion.
+
+    The token fields are filled only for requests with ``logprobs=True`` and by backends that can
+    (transformers, vllm, openai against a server that returns logprobs; never `scripted`):
+
+    - ``token_ids``: the sampled tokens, end-of-sequence token excluded.
+    - ``logprobs``: natural-log probability of each sampled token under the model at temperature 1
+      (no top-p), restricted to the tokens the request's ``constraint`` allowed at that position
+      (vLLM applies its grammar mask before computing logprobs; so does the transformers backend).
+      At a constrained choice between two branches ("correct" / "incorrect") the probability of the
+      sampled token is therefore the model's probability of that branch.
+    - ``token_offsets``: character offset in ``text`` where each token starts (same length as
+      ``token_ids``), so that a span of ``text`` can be mapped back to its tokens.
+    """
 
     text: str
     finish_reason: str | None = None
     """"stop" (natural end), "length" (hit max_tokens) or None when the engine does not say."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    token_offsets: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "text": self.text,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        for name in ("token_ids", "logprobs", "token_offsets"):  # absent when unset: small cache rows
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = list(value)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Completion":
         return cls(**d)
+
+    def token_span(self, start: int, end: int) -> list[int]:
+        """Indices of the tokens that overlap ``text[start:end]`` (needs ``token_offsets``)."""
+        if self.token_offsets is None:
+            return []
+        offsets = self.token_offsets
+        ends = offsets[1:] + [len(self.text)]
+        return [i for i, (s, e) in enumerate(zip(offsets, ends)) if s < end and e > start]
 
 
 @dataclass
@@ -163,6 +202,17 @@ class BackendConfig:
     )
     max_retries: int = field(default=5, metadata={"help": "openai backend: retries with backoff."})
     timeout: float = field(default=600.0, metadata={"help": "openai backend: seconds per request."})
+    constrained: bool = field(
+        default=False,
+        metadata={
+            "help": "Constrain verifier (and merge) outputs to the verifier format: one `## Step k:` block "
+            "per solution step with a bold verdict, then the final Yes/No line (part of the cache key)."
+        },
+    )
+    logprobs: bool = field(
+        default=False,
+        metadata={"help": "Record token ids and logprobs of completions; per-step verdict probabilities."},
+    )
     extra: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Backend-specific options (e.g. vllm: tensor_parallel_size, gpu_memory_utilization)."},

@@ -15,6 +15,11 @@ Requests with the same sampling parameters are batched: up to ``config.batch_siz
 through ONE ``model.generate`` call that samples ``n`` sequences per prompt. Throughput on CPU grows
 with the batch, so callers should hand many requests to one `generate` call.
 
+Constrained requests (``request.constraint``, see `spark_hub.constrained`) are decoded with a
+token-level logits processor; requests with ``logprobs=True`` get ``token_ids``, ``logprobs``
+(temperature 1, after the constraint mask, before top-p) and ``token_offsets``. Both mix freely
+with plain requests in one batch.
+
 Prefill is shared (default, for models with a plain full-attention KV cache): the token prefix that
 all prompts of a batch have in common (the verifier's instructions and few-shot examples) is encoded
 once, the rest of each prompt once, and the KV cache is copied ``n`` times before decoding, instead
@@ -215,6 +220,17 @@ class TransformersBackend:
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids,
         }
+        processor = None
+        want_logprobs = any(request.logprobs for request in requests)
+        if want_logprobs or any(request.constraint for request in requests):
+            from spark_hub.constrained import ConstrainedLogitsProcessor, token_table
+
+            table = token_table(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+            processor = ConstrainedLogitsProcessor(
+                table, [request.constraint for request in requests for _ in range(num_return)],
+                first.max_tokens, record_logprobs=want_logprobs,
+            )
+            kwargs["logits_processor"] = [processor]
         if greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -232,25 +248,32 @@ class TransformersBackend:
             output, width = self._generate_left_padded(prompts, num_return, kwargs)
         elapsed = time.perf_counter() - start
         new_tokens = output[:, width:].tolist()
+        if processor is not None:
+            processor.finish([tokens[-1] for tokens in new_tokens])
 
         eos = set(self.eos_token_ids)
         results: list[list[Completion]] = []
         generated = 0
         for row, request in enumerate(requests):
             completions = []
-            for tokens in new_tokens[row * num_return : (row + 1) * num_return]:
+            for seq in range(row * num_return, (row + 1) * num_return):
+                tokens = new_tokens[seq]
                 stop = next((i for i, token in enumerate(tokens) if token in eos), None)
                 kept = tokens if stop is None else tokens[:stop]
                 count = len(tokens) if stop is None else stop + 1
                 generated += count
-                completions.append(
-                    Completion(
-                        text=self.tokenizer.decode(kept, skip_special_tokens=True),
-                        finish_reason="length" if stop is None else "stop",
-                        prompt_tokens=len(prompts[row]),
-                        completion_tokens=count,
-                    )
+                text = self.tokenizer.decode(kept, skip_special_tokens=True)
+                completion = Completion(
+                    text=text,
+                    finish_reason="length" if stop is None else "stop",
+                    prompt_tokens=len(prompts[row]),
+                    completion_tokens=count,
                 )
+                if request.logprobs:
+                    completion.token_ids = kept
+                    completion.logprobs = [round(lp, 5) for lp in processor.logprobs[seq][: len(kept)]]
+                    completion.token_offsets = self._token_offsets(kept, text)
+                completions.append(completion)
             if greedy:
                 completions = [Completion(**completions[0].to_dict()) for _ in range(request.n)]
             results.append(completions)
@@ -261,6 +284,18 @@ class TransformersBackend:
             generated, len(requests), num_return, elapsed, generated / max(elapsed, 1e-9),
         )
         return results
+
+    def _token_offsets(self, tokens: list[int], text: str) -> list[int]:
+        """Where each token starts in ``text`` (the decode of ``tokens``)."""
+        pieces = self.tokenizer.batch_decode([[t] for t in tokens], skip_special_tokens=True)
+        if "".join(pieces) == text:
+            offsets, position = [], 0
+            for piece in pieces:
+                offsets.append(position)
+                position += len(piece)
+            return offsets
+        # decoding is not concatenative here (multi-byte characters, SentencePiece spaces): decode prefixes
+        return [len(self.tokenizer.decode(tokens[:i], skip_special_tokens=True)) for i in range(len(tokens))]
 
     def _generate_left_padded(
         self, prompts: list[list[int]], num_return: int, kwargs: dict[str, Any]
