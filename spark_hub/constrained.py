@@ -104,6 +104,11 @@ def parse_constraint(text: str) -> Format:
 # Regex (vLLM structured outputs, OpenAI-compatible servers)
 # ---------------------------------------------------------------------------------------------
 
+def _esc(text: str) -> str:
+    """Escape regex metacharacters the way every engine's regex dialect reads them (newline as \\n)."""
+    return "".join("\\n" if c == "\n" else "\\" + c if c in ".^$*+?{}[]\\|()" else c for c in text)
+
+
 # Free text: no "<" at all (keeps <think> out), no line that starts with # or * after blanks.
 _LINE_REST = r"[^\n<]*"
 _LINE = r"(?:[ \t]*[^\n<#* \t]" + _LINE_REST + r")?"
@@ -116,17 +121,17 @@ def verification_regex(constraint: str | Format) -> str:
     """
     spec = parse_constraint(constraint) if isinstance(constraint, str) else constraint
     if spec.kind == CRITIQUE:
-        return re.escape(CRITIQUE_OPENING) + r"(?:\n|[^\n<])*"
+        return _esc(CRITIQUE_OPENING) + r"(?:\n|[^\n<])*"
     parts = []
     if spec.think:
-        parts.append(re.escape(THINK_OPEN) + r"[^<]*" + re.escape(THINK_CLOSE) + re.escape(BLOCK_SEPARATOR))
-    verdict = "(?:" + "|".join(re.escape(v) for v in VERDICTS) + ")"
+        parts.append(_esc(THINK_OPEN) + r"[^<]*" + _esc(THINK_CLOSE) + _esc(BLOCK_SEPARATOR))
+    verdict = "(?:" + "|".join(_esc(v) for v in VERDICTS) + ")"
     for k in range(1, spec.steps + 1):
         if k > 1:
-            parts.append(re.escape(BLOCK_SEPARATOR))
-        parts.append(re.escape(HEADER.format(k=k)) + _LINE_REST + r"(?:\n" + _LINE + r")*\n")
-        parts.append(re.escape(VERDICT_PREFIX) + verdict)
-    parts.append(re.escape(BLOCK_SEPARATOR + FINAL_PREFIX) + "(?:" + "|".join(re.escape(f) for f in FINALS) + ")")
+            parts.append(_esc(BLOCK_SEPARATOR))
+        parts.append(_esc(HEADER.format(k=k)) + _LINE_REST + r"(?:\n" + _LINE + r")*\n")
+        parts.append(_esc(VERDICT_PREFIX) + verdict)
+    parts.append(_esc(BLOCK_SEPARATOR + FINAL_PREFIX) + "(?:" + "|".join(_esc(f) for f in FINALS) + ")")
     return "".join(parts)
 
 

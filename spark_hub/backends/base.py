@@ -120,6 +120,18 @@ class Completion:
         return [i for i, (s, e) in enumerate(zip(offsets, ends)) if s < end and e > start]
 
 
+def token_offsets(pieces: list[str] | None, text: str) -> list[int] | None:
+    """Start offsets of tokens in ``text`` from their decoded pieces, or None when the pieces do not
+    add up to ``text`` (a trailing end-of-sequence piece that decodes to "" is fine)."""
+    if pieces is None or "".join(pieces) != text:
+        return None
+    offsets, position = [], 0
+    for piece in pieces:
+        offsets.append(position)
+        position += len(piece)
+    return offsets
+
+
 @dataclass
 class GenerationStats:
     """Running totals a progress bar can read while `generate` runs (updated after every batch)."""

@@ -12,8 +12,17 @@ Servers do not expose a hash of their weights, so `fingerprint` is the model id 
 ``revision``: pin ``revision`` (e.g. the commit you passed to ``vllm serve --revision``) to keep cache
 keys honest when the served model changes under the same name.
 
+Requests with ``logprobs`` send ``"logprobs": true`` and get ``logprobs`` and ``token_offsets`` from
+the choice's ``logprobs.content`` (token ids only from servers that name tokens ``token_id:N``, as
+vLLM does with ``return_tokens_as_token_ids``). A constrained request (``request.constraint``) sends
+the regex of `spark_hub.constrained.verification_regex` in vLLM's structured-output extension,
+``"structured_outputs": {"regex": ...}`` (vLLM >= 0.12); ``extra.constraint_field: guided_regex``
+sends ``"guided_regex": ...`` for older vLLM servers. A server that rejects it (HTTP 400) fails with
+an error that says so; servers that ignore unknown fields decode unconstrained.
+
 Engine knobs in ``config.extra``: ``retry_delay`` (first backoff in seconds, default 1.0),
-``max_retry_delay`` (cap, default 30.0).
+``max_retry_delay`` (cap, default 30.0), ``constraint_field`` (``structured_outputs`` or
+``guided_regex``).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest, GenerationStats
+from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest, GenerationStats, token_offsets
 from spark_hub.errors import SparkHubError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +89,11 @@ class OpenAIBackend:
         self.url = f"{self.base_url}/chat/completions"
         self.retry_delay = float(config.extra.get("retry_delay", 1.0))
         self.max_retry_delay = float(config.extra.get("max_retry_delay", 30.0))
+        self.constraint_field = config.extra.get("constraint_field", "structured_outputs")
+        if self.constraint_field not in CONSTRAINT_FIELDS:
+            raise SparkHubError(
+                f"extra.constraint_field must be one of {', '.join(CONSTRAINT_FIELDS)}, got {self.constraint_field!r}"
+            )
         self.stats = GenerationStats()
         self._lock = threading.Lock()
 
@@ -158,18 +172,10 @@ class OpenAIBackend:
             missing = request.n - len(completions)
             # A server that ignores `n` but honours `seed` would repeat itself: shift the seed per top-up.
             seed = None if request.seed is None else request.seed + round_
-            payload = {
-                "model": self.model_id,
-                "messages": request.chat(),
-                "n": missing,
-                "temperature": request.temperature,
-                "top_p": request.top_p,
-                "max_tokens": request.max_tokens,
-            }
-            if seed is not None:
-                payload["seed"] = seed
+            payload = request_payload(self.model_id, request, n=missing, seed=seed,
+                                      constraint_field=self.constraint_field)
             body = await self._post(client, semaphore, payload)
-            new = _parse_choices(body)[:missing]
+            new = _parse_choices(body, with_logprobs=request.logprobs)[:missing]
             if not new:
                 raise SparkHubError(f"the server at {self.base_url} returned no choices for model {self.model_id!r}")
             completions.extend(new)
@@ -206,6 +212,13 @@ class OpenAIBackend:
                 elif response.status_code in _RETRY_STATUS or response.status_code >= 500:
                     last_error = f"HTTP {response.status_code}: {_error_text(response)}"
                     retry_after = _retry_after_seconds(response)
+                elif response.status_code == 400 and _constrained(payload):
+                    raise SparkHubError(
+                        f"the server at {self.base_url} rejected the constrained (structured-output) request for "
+                        f"model {self.model_id!r}: HTTP 400: {_error_text(response)}",
+                        hint="serve with vLLM >= 0.12 (`structured_outputs`), set extra.constraint_field=guided_regex "
+                        "for older vLLM servers, or turn constrained decoding off (--set verifier.constrained=false)",
+                    )
                 else:
                     raise SparkHubError(
                         f"the server at {self.base_url} rejected the request for model {self.model_id!r}: "
@@ -235,7 +248,59 @@ class OpenAIBackend:
         )
 
 
-def _parse_choices(body: dict[str, Any]) -> list[Completion]:
+CONSTRAINT_FIELDS = ("structured_outputs", "guided_regex")
+
+
+def request_payload(model: str, request: GenerationRequest, *, n: int | None = None, seed: int | None = None,
+                    constraint_field: str = "structured_outputs") -> dict[str, Any]:
+    """The JSON body of one ``/chat/completions`` call for ``request`` (``n``/``seed`` override)."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": request.chat(),
+        "n": request.n if n is None else n,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+    }
+    seed = request.seed if seed is None else seed
+    if seed is not None:
+        payload["seed"] = seed
+    if request.logprobs:
+        payload["logprobs"] = True
+    if request.constraint is not None:
+        from spark_hub.constrained import verification_regex
+
+        regex = verification_regex(request.constraint)
+        if constraint_field == "guided_regex":
+            payload["guided_regex"] = regex
+        else:
+            payload["structured_outputs"] = {"regex": regex}
+    return payload
+
+
+def _constrained(payload: dict[str, Any]) -> bool:
+    return "structured_outputs" in payload or "guided_regex" in payload
+
+
+def _token_fields(choice: dict[str, Any], text: str) -> dict[str, Any]:
+    """token_ids / logprobs / token_offsets from a choice's ``logprobs.content`` (empty if absent)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return {}
+    logprobs = [round(float(entry.get("logprob", 0.0)), 5) for entry in content]
+    tokens = [entry.get("token", "") for entry in content]
+    ids = None
+    if tokens and all(t.startswith("token_id:") for t in tokens):  # vLLM return_tokens_as_token_ids
+        ids = [int(t.split(":", 1)[1]) for t in tokens]
+        pieces = [bytes(entry["bytes"]).decode("utf-8", "replace") if entry.get("bytes") is not None else None
+                  for entry in content]
+    else:
+        pieces = tokens
+    return {"token_ids": ids, "logprobs": logprobs,
+            "token_offsets": None if None in pieces else token_offsets(pieces, text)}
+
+
+def _parse_choices(body: dict[str, Any], with_logprobs: bool = False) -> list[Completion]:
     """Completions from a chat.completion body. Servers report usage per response, not per choice:
     with several choices, completion tokens are split in proportion to each choice's text length."""
     choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
@@ -257,6 +322,7 @@ def _parse_choices(body: dict[str, Any]) -> list[Completion]:
                 finish_reason=reason if reason in _FINISH_REASONS else None,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=tokens,
+                **(_token_fields(choice, text) if with_logprobs else {}),
             )
         )
     return completions

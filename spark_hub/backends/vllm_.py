@@ -19,7 +19,11 @@ re-runs without starting vLLM. They even work without vLLM installed, with
 `load_backend` builds the backend with the check on, so a missing extra fails before any work.
 
 One `generate` call is one ``LLM.chat`` call over all its requests, with one ``SamplingParams``
-per request (``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``). The N verifications of
+per request (``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``; ``logprobs=0`` for requests
+with ``logprobs``; a constrained request gets vLLM structured outputs with the regex of
+`spark_hub.constrained.verification_regex`. vLLM applies the grammar bitmask to the logits before
+its sampler computes logprobs, so logprobs are read after the constraint as in the transformers
+backend; unlike it, the regex has no per-step token budget). The N verifications of
 a solution are one request with ``n=N``: vLLM fans it out into N sequences, and with prefix caching
 (on by default here) they share one prefill of the prompt. ``LLM.chat`` applies the chat template
 the model defines. Greedy requests (``temperature == 0``) are sampled once and repeated ``n`` times,
@@ -53,7 +57,7 @@ import logging
 import time
 from typing import Any
 
-from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest, GenerationStats
+from spark_hub.backends.base import BackendConfig, Completion, GenerationRequest, GenerationStats, token_offsets
 from spark_hub.backends.models import resolve_model
 from spark_hub.errors import MissingExtraError, SparkHubError, require
 
@@ -236,16 +240,17 @@ class VLLMBackend:
         return llm
 
     def _sampling_params(self, request: GenerationRequest):
-        from vllm import SamplingParams
+        import vllm
 
-        greedy = request.temperature <= 0
-        return SamplingParams(
-            n=1 if greedy else request.n,
-            temperature=0.0 if greedy else float(request.temperature),
-            top_p=1.0 if greedy else float(request.top_p),
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-        )
+        kwargs = sampling_kwargs(request)
+        structured = kwargs.pop("structured_outputs", None)
+        if structured is not None:
+            params_cls = getattr(vllm.sampling_params, "StructuredOutputsParams", None)
+            if params_cls is not None:  # vLLM >= 0.12
+                kwargs["structured_outputs"] = params_cls(**structured)
+            else:  # pragma: no cover - older vLLM
+                kwargs["guided_decoding"] = vllm.sampling_params.GuidedDecodingParams(**structured)
+        return vllm.SamplingParams(**kwargs)
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -288,12 +293,7 @@ class VLLMBackend:
         for request, output in zip(requests, outputs):
             prompt_tokens = len(output.prompt_token_ids or [])
             completions = [
-                Completion(
-                    text=sample.text,
-                    finish_reason=sample.finish_reason,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=len(sample.token_ids),
-                )
+                completion_from_sample(sample, prompt_tokens, request.logprobs)
                 for sample in sorted(output.outputs, key=lambda sample: sample.index)
             ]
             generated += sum(c.completion_tokens for c in completions)
@@ -339,6 +339,48 @@ class VLLMBackend:
             _shutdown(self.llm)
             self.llm = None
         gc.collect()
+
+
+def sampling_kwargs(request: GenerationRequest) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keyword arguments for a request (plain values; testable without vLLM).
+
+    ``logprobs=0`` asks vLLM for the logprob of each sampled token only. A constraint becomes
+    ``structured_outputs={"regex": ...}`` (`spark_hub.constrained.verification_regex`), turned into
+    ``StructuredOutputsParams`` (vLLM >= 0.12) or ``GuidedDecodingParams`` by the backend.
+    """
+    greedy = request.temperature <= 0
+    kwargs: dict[str, Any] = {
+        "n": 1 if greedy else request.n,
+        "temperature": 0.0 if greedy else float(request.temperature),
+        "top_p": 1.0 if greedy else float(request.top_p),
+        "max_tokens": request.max_tokens,
+        "seed": request.seed,
+    }
+    if request.logprobs:
+        kwargs["logprobs"] = 0
+    if request.constraint is not None:
+        from spark_hub.constrained import verification_regex
+
+        kwargs["structured_outputs"] = {"regex": verification_regex(request.constraint)}
+    return kwargs
+
+
+def completion_from_sample(sample, prompt_tokens: int, with_logprobs: bool) -> Completion:
+    """A `Completion` from a vLLM ``CompletionOutput`` (token ids, logprobs and offsets when asked)."""
+    completion = Completion(
+        text=sample.text,
+        finish_reason=sample.finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(sample.token_ids),
+    )
+    if with_logprobs and sample.logprobs is not None:
+        ids = list(sample.token_ids)
+        entries = [position[token] for position, token in zip(sample.logprobs, ids)]
+        completion.token_ids = ids
+        completion.logprobs = [round(float(entry.logprob), 5) for entry in entries]
+        pieces = [entry.decoded_token for entry in entries]
+        completion.token_offsets = None if None in pieces else token_offsets(pieces, sample.text)
+    return completion
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:

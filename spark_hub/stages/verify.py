@@ -13,9 +13,9 @@ import re
 from typing import Any
 
 from spark_hub.backends.base import Completion, GenerationRequest
-from spark_hub.constrained import critique_constraint, verification_constraint
+from spark_hub.constrained import verification_constraint
 from spark_hub.parsing import parse_verification
-from spark_hub.prompts import critique_messages, merge_messages, verifier_messages
+from spark_hub.prompts import verifier_messages
 from spark_hub.records import Problem, Solution, Verification
 
 
@@ -39,29 +39,6 @@ def verification_request(
     sampling, constrained = _request_sampling(sampling, constrained)
     reference = problem.reference if with_reference else None
     messages = verifier_messages(problem.problem, solution.steps, solution.final_answer, reference)
-    constraint = verification_constraint(len(solution.steps), think=think) if constrained and solution.steps else None
-    return GenerationRequest.from_chat(messages, seed=seed, constraint=constraint, **sampling)
-
-
-def critique_request(
-    problem: Problem, solution: Solution, verification: str, sampling: dict, seed: int, *,
-    constrained: bool | None = None,
-) -> GenerationRequest:
-    """Meta-critique, call 1 (free text; constrained: it must open with the critique heading)."""
-    sampling, constrained = _request_sampling(sampling, constrained)
-    messages = critique_messages(problem.problem, solution.steps, solution.final_answer, verification)
-    return GenerationRequest.from_chat(
-        messages, seed=seed, constraint=critique_constraint() if constrained else None, **sampling
-    )
-
-
-def merge_request(
-    problem: Problem, solution: Solution, verification: str, critique: str, sampling: dict, seed: int, *,
-    constrained: bool | None = None, think: bool = False,
-) -> GenerationRequest:
-    """Meta-critique, call 2: one merged verification (constrained like a verification)."""
-    sampling, constrained = _request_sampling(sampling, constrained)
-    messages = merge_messages(problem.problem, solution.steps, solution.final_answer, verification, critique)
     constraint = verification_constraint(len(solution.steps), think=think) if constrained and solution.steps else None
     return GenerationRequest.from_chat(messages, seed=seed, constraint=constraint, **sampling)
 
