@@ -2,14 +2,24 @@
 
 Every request is keyed by `GenerationRequest.key(model_fingerprint)`: model + weights fingerprint,
 the exact prompt and the semantic sampling fields. Batch size, concurrency and GPU settings are not
-part of the key. Results are committed as soon as a batch returns, so a run killed at any point
-(SIGKILL included) loses at most the batch in flight, and re-running skips every stored key.
+part of the key. Results are committed in one transaction per engine call of `CachedBackend.generate`
+and at least every `COMMIT_INTERVAL` seconds inside it (a slow batch is committed as soon as it
+returns, many fast ones together), so a run killed at any point (SIGKILL included) loses at most the
+batch in flight plus a second of work, and re-running skips every stored key.
+
+Model text is stored losslessly, whatever it holds: a completion with a lone UTF-16 surrogate (half
+an emoji from an OpenAI-compatible server) cannot be encoded as UTF-8, so its row is stored as
+ASCII-escaped JSON, which reads back to the same string. What `CachedBackend` hands to the stages
+has each lone surrogate replaced by U+FFFD (same length, so token offsets stay valid), and counts
+those completions in ``invalid_unicode``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -18,6 +28,35 @@ from typing import Callable, Iterable
 from spark_hub.backends.base import Backend, Completion, GenerationRequest
 
 logger = logging.getLogger(__name__)
+
+COMMIT_INTERVAL = 1.0
+"""Seconds of model work `CachedBackend.generate` may hold before committing it to the cache."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(completions: list[Completion]) -> tuple[str, bool]:
+    """The JSON stored for a call, and whether it had to be ASCII-escaped (lone surrogates)."""
+    dicts = [c.to_dict() for c in completions]
+    blob = json.dumps(dicts, ensure_ascii=False)
+    try:
+        blob.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(dicts, ensure_ascii=True), True
+    return blob, False
+
+
+def clean_text(completions: list[Completion]) -> tuple[list[Completion], int]:
+    """Replace lone surrogates in completion texts with U+FFFD; returns the list and how many changed."""
+    changed = 0
+    out = completions
+    for i, c in enumerate(completions):
+        if _SURROGATE.search(c.text):
+            if out is completions:
+                out = list(completions)
+            out[i] = dataclasses.replace(c, text=_SURROGATE.sub("\ufffd", c.text))
+            changed += 1
+    return out, changed
 
 
 class CallCache:
@@ -33,6 +72,10 @@ class CallCache:
             "CREATE TABLE IF NOT EXISTS calls ("
             " key TEXT PRIMARY KEY, model TEXT NOT NULL, completions TEXT NOT NULL, created REAL NOT NULL)"
         )
+        self.commits = 0
+        """Write transactions made by `put_many`."""
+        self.escaped = 0
+        """Calls stored ASCII-escaped because their text is not valid UTF-8 (lone surrogates)."""
 
     def get_many(self, keys: Iterable[str]) -> dict[str, list[Completion]]:
         keys = list(dict.fromkeys(keys))
@@ -48,10 +91,14 @@ class CallCache:
 
     def put_many(self, items: Iterable[tuple[str, str, list[Completion]]]) -> None:
         now = time.time()
-        rows = [
-            (key, model, json.dumps([c.to_dict() for c in completions], ensure_ascii=False), now)
-            for key, model, completions in items
-        ]
+        rows = []
+        for key, model, completions in items:
+            blob, escaped = _dumps(completions)
+            self.escaped += escaped
+            rows.append((key, model, blob, now))
+        if not rows:
+            return
+        self.commits += 1
         with self._db:  # one transaction: all or nothing
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -67,21 +114,25 @@ class CallCache:
 
 
 class CachedBackend:
-    """A backend wrapper that answers from the cache and stores every new batch at once.
+    """A backend wrapper that answers from the cache and stores every new batch.
 
-    Attributes ``hits``, ``model_requests`` and ``model_calls`` (engine invocations) count work.
+    Attributes ``hits``, ``model_requests`` and ``model_calls`` (engine invocations) count work;
+    ``invalid_unicode`` counts the completions handed out with lone surrogates replaced.
     """
 
-    def __init__(self, backend: Backend, cache: CallCache, *, batch_size: int = 16):
+    def __init__(self, backend: Backend, cache: CallCache, *, batch_size: int = 16,
+                 commit_interval: float = COMMIT_INTERVAL):
         self.backend = backend
         self.cache = cache
         self.batch_size = max(1, batch_size)
+        self.commit_interval = commit_interval
         self.fingerprint = backend.fingerprint()
         self.hits = 0
         self.model_requests = 0
         self.model_calls = 0
         self.model_seconds = 0.0
         """Wall time spent inside the backend (model time, for throughput estimates)."""
+        self.invalid_unicode = 0
 
     @property
     def model_id(self) -> str:
@@ -94,7 +145,9 @@ class CachedBackend:
     ) -> list[list[Completion]]:
         """Answer ``requests`` from the cache, sending misses to the backend in batches.
 
-        ``on_batch`` is called after every batch (cached ones included) for progress reporting.
+        New results are committed together: when this call returns (or raises), and whenever
+        `commit_interval` seconds have passed since the last commit. ``on_batch`` is called after
+        every batch (cached ones included) for progress reporting.
         """
         keys = [r.key(self.fingerprint) for r in requests]
         found = self.cache.get_many(keys)
@@ -112,25 +165,36 @@ class CachedBackend:
             if keys[i] not in first_of:
                 first_of[keys[i]] = i
                 unique.append(i)
-        for start in range(0, len(unique), self.batch_size):
-            batch = unique[start : start + self.batch_size]
-            started = time.perf_counter()
-            outputs = self.backend.generate([requests[i] for i in batch])
-            self.model_seconds += time.perf_counter() - started
-            if len(outputs) != len(batch):
-                raise RuntimeError(
-                    f"backend {type(self.backend).__name__} returned {len(outputs)} results for {len(batch)} requests"
-                )
-            self.model_calls += 1
-            self.model_requests += len(batch)
-            self.cache.put_many(
-                (keys[i], self.backend.model_id, out) for i, out in zip(batch, outputs)
-            )
-            for i, out in zip(batch, outputs):
-                results[i] = out
-            if on_batch is not None:
-                on_batch([requests[i] for i in batch], outputs)
+        unsaved: list[tuple[str, str, list[Completion]]] = []
+        last_commit = time.monotonic()
+        try:
+            for start in range(0, len(unique), self.batch_size):
+                batch = unique[start : start + self.batch_size]
+                started = time.perf_counter()
+                outputs = self.backend.generate([requests[i] for i in batch])
+                self.model_seconds += time.perf_counter() - started
+                if len(outputs) != len(batch):
+                    raise RuntimeError(
+                        f"backend {type(self.backend).__name__} returned {len(outputs)} results for {len(batch)} requests"
+                    )
+                self.model_calls += 1
+                self.model_requests += len(batch)
+                unsaved.extend((keys[i], self.backend.model_id, out) for i, out in zip(batch, outputs))
+                if time.monotonic() - last_commit >= self.commit_interval:
+                    self.cache.put_many(unsaved)
+                    unsaved, last_commit = [], time.monotonic()
+                for i, out in zip(batch, outputs):
+                    results[i] = out
+                if on_batch is not None:
+                    on_batch([requests[i] for i in batch], outputs)
+        finally:
+            self.cache.put_many(unsaved)  # what the engine returned is kept even if a later batch fails
         for i in pending:
             if results[i] is None:
                 results[i] = results[first_of[keys[i]]]
-        return results  # type: ignore[return-value]
+        cleaned = []
+        for out in results:
+            out, changed = clean_text(out)  # type: ignore[arg-type]
+            self.invalid_unicode += changed
+            cleaned.append(out)
+        return cleaned

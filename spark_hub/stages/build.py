@@ -22,28 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from spark_hub import __version__
-from spark_hub.backends.base import GenerationRequest, load_backend
+from spark_hub.backends.base import load_backend
 from spark_hub.cache import CachedBackend, CallCache
 from spark_hub.config import BuildConfig, dump_yaml
 from spark_hub.errors import SparkHubError
 from spark_hub.inputs import load_problems, load_solutions
-from spark_hub.io import atomic_write_text, sha256_file
+from spark_hub.io import BuildLock, atomic_write_text, clean_stale_temps, is_temp_name, sha256_file
 from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from spark_hub.progress import StageProgress
-from spark_hub.parsing import strip_think
-from spark_hub.prompts import critique_messages, merge_messages, template_hash
+from spark_hub.prompts import template_hash
 from spark_hub.records import Problem, Solution, StepRecord, Verification
 from spark_hub.schema import fast_check
 from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate, apply_merged
 from spark_hub.stages.balance import balance_problem
+from spark_hub.stages.critique import critique_verification, meta_critique
 from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
+from spark_hub.stages.stats import AGREEMENT_STEPS, LabelStats, labelling_warning  # noqa: F401 (re-exported)
 from spark_hub.stages.verify import parse_verifications, verification_request
 from spark_hub.storage import ShardWriter, finalize_shards
 
 logger = logging.getLogger(__name__)
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-AGREEMENT_STEPS = 30  # agreement_by_step covers steps 1..30
 
 
 @dataclass
@@ -59,107 +59,6 @@ class BuildResult:
     seconds: float = 0.0
     loop_seconds: float = 0.0
     """Time spent in the per-chunk loop (model calls, parse, aggregate, validate, write)."""
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-class LabelStats:
-    """Streaming statistics over step records and verifications (constant memory)."""
-
-    def __init__(self):
-        self.problems = 0
-        self.solutions = 0
-        self.solution_status: dict[str, int] = {}
-        self.verifications = 0
-        self.verification_status: dict[str, int] = {}
-        self.record_status: dict[str, int] = {}
-        self.steps_correct = 0
-        self.steps_incorrect = 0
-        self.final_yes = 0
-        self.final_no = 0
-        self.agreement_sum = 0.0
-        self.agreement_n = 0
-        self.unanimous = 0
-        self.by_step_sum = [0.0] * AGREEMENT_STEPS
-        self.by_step_n = [0] * AGREEMENT_STEPS
-        self.cot_exact = 0
-        self.cot_targets = 0
-        self.tokens: dict[str, int] = {"generator": 0, "verifier": 0}
-        self.kept_problems: set[str] = set()
-        self.meta_calls: dict[str, int] = {}
-        self.merge_status: dict[str, int] = {}
-
-    @staticmethod
-    def _bump(d: dict[str, int], key: str) -> None:
-        d[key] = d.get(key, 0) + 1
-
-    def add_record_row(self, record: dict[str, Any]) -> None:
-        self.solutions += 1
-        self.kept_problems.add(record["problem_id"])
-        self._bump(self.solution_status, record["solution_status"])
-        self._bump(self.record_status, record["status"])
-        labels = record["labels"]
-        if labels is not None:
-            n_ok = sum(labels)
-            self.steps_correct += n_ok
-            self.steps_incorrect += len(labels) - n_ok
-            if record["final_label"]:
-                self.final_yes += 1
-            else:
-                self.final_no += 1
-            for i, a in enumerate(record["agreement"]):
-                if a is None:
-                    continue
-                self.agreement_sum += a
-                self.agreement_n += 1
-                self.unanimous += a == 1.0
-                if i < AGREEMENT_STEPS:
-                    self.by_step_sum[i] += a
-                    self.by_step_n[i] += 1
-            if record["cot_target"] is not None:
-                self.cot_targets += 1
-                self.cot_exact += bool(record["cot_exact_match"])
-
-    def add_verification_status(self, status: str, kind: str = "sample") -> None:
-        if kind != "sample":
-            self._bump(self.meta_calls, kind)
-            if kind == "merged":
-                self._bump(self.merge_status, status)
-            return
-        self.verifications += 1
-        self._bump(self.verification_status, status)
-
-    def to_dict(self) -> dict[str, Any]:
-        labelled = self.record_status.get("ok", 0)
-        steps = self.steps_correct + self.steps_incorrect
-        failures = self.verifications - self.verification_status.get("ok", 0)
-        by_step = [round(s / n, 4) for s, n in zip(self.by_step_sum, self.by_step_n) if n]
-        return {
-            "problems": self.problems,
-            "solutions": self.solutions,
-            "solution_status": dict(sorted(self.solution_status.items())),
-            "verifications": self.verifications,
-            "verification_status": dict(sorted(self.verification_status.items())),
-            "parse_failure_rate": round(failures / self.verifications, 4) if self.verifications else 0.0,
-            "records": self.solutions,
-            "records_labelled": labelled,
-            "record_status": dict(sorted(self.record_status.items())),
-            "steps_labelled": steps,
-            "steps_correct": self.steps_correct,
-            "steps_incorrect": self.steps_incorrect,
-            "step_label_balance": round(self.steps_correct / steps, 4) if steps else None,
-            "final_yes": self.final_yes,
-            "final_no": self.final_no,
-            "final_label_balance": round(self.final_yes / labelled, 4) if labelled else None,
-            "mean_step_agreement": round(self.agreement_sum / self.agreement_n, 4) if self.agreement_n else None,
-            "unanimous_step_rate": round(self.unanimous / self.agreement_n, 4) if self.agreement_n else None,
-            "agreement_by_step": by_step,
-            "cot_exact_match_rate": round(self.cot_exact / self.cot_targets, 4) if self.cot_targets else None,
-            "completion_tokens": dict(self.tokens),
-            "meta_critique": {"calls": dict(sorted(self.meta_calls.items())),
-                              "merge_status": dict(sorted(self.merge_status.items()))} if self.meta_calls else None,
-        }
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -221,11 +120,24 @@ def load_inputs(config: BuildConfig) -> Inputs:
 # ----------------------------------------------------------------------------- build key
 
 
+def _input_identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What identifies an input in the build key: its content hash, or its Hub source and commit.
+
+    A local file is keyed by content only, so the same file reached by another path (another
+    working directory, a copy) is the same build; the path is recorded in the manifest, not keyed.
+    """
+    if provenance.get("sha256"):
+        return {"sha256": provenance["sha256"]}
+    return {"source": provenance.get("source"), "revision": provenance.get("revision")}
+
+
 def build_key(config: BuildConfig, inputs: Inputs, fingerprints: dict[str, str]) -> str:
-    """Hash of everything that determines the output; engine settings are left out."""
+    """Hash of everything that determines the output; engine settings and paths are left out."""
+    contamination = dataclasses.asdict(config.contamination)
+    contamination["benchmarks"] = [sha256_file(b) if Path(b).is_file() else b for b in config.contamination.benchmarks]
     semantic = {
         "spark_hub": __version__,
-        "inputs": {k: {kk: v.get(kk) for kk in ("sha256", "revision", "source")} for k, v in inputs.provenance.items()},
+        "inputs": {k: _input_identity(v) for k, v in inputs.provenance.items()},
         "fields": [config.problem_field, config.answer_field, config.id_field, config.limit,
                    config.problems_split if not Path(config.problems or "").exists() else None],
         "models": fingerprints,
@@ -233,8 +145,7 @@ def build_key(config: BuildConfig, inputs: Inputs, fingerprints: dict[str, str])
         "verifier": config.verifier.sampling(),
         "aggregation": dataclasses.asdict(config.aggregation),
         "balance": dataclasses.asdict(config.balance),
-        "contamination": {**dataclasses.asdict(config.contamination),
-                          "hashes": [sha256_file(b) for b in config.contamination.benchmarks if Path(b).is_file()]},
+        "contamination": contamination,
         "seed": config.seed,
         "prompts": prompt_hashes(config),
         "shard_rows": config.shard_rows,
@@ -253,21 +164,51 @@ def prompt_hashes(config: BuildConfig) -> dict[str, str]:
 
 
 def finished_build(output_dir: Path, key: str) -> dict[str, Any] | None:
-    """The manifest of a complete build with this key in ``output_dir``, else None."""
+    """The manifest of a complete, intact build with this key in ``output_dir``, else None.
+
+    Intact means every file of the manifest's file table has its recorded sha256. A build with this
+    key whose files differ is logged (naming the file) and treated as unfinished: the outputs are
+    rebuilt from the call cache.
+    """
     path = output_dir / MANIFEST_NAME
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s is not readable JSON; rebuilding the outputs from the call cache", path)
         return None
-    if manifest.get("build_key") != key:
+    if not isinstance(manifest, dict) or manifest.get("build_key") != key:
         return None
-    for rel, info in (manifest.get("files") or {}).items():
-        f = output_dir / rel
-        if not f.is_file() or f.stat().st_size != info.get("size"):
-            return None
+    problem = changed_files(output_dir, manifest)
+    if problem is not None:
+        logger.warning("%s holds this build but %s; rebuilding the outputs from the call cache "
+                       "(cached model calls are not repeated)", output_dir, problem)
+        return None
     return manifest
+
+
+def changed_files(output_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """Why the files in ``output_dir`` do not match ``manifest["files"]`` (the first difference), or None."""
+    from spark_hub.manifest import LOCAL_STATE_DIRS
+
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "the manifest has no file table"
+    for rel, info in files.items():
+        f = output_dir / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if not isinstance(info, dict) or f.stat().st_size != info.get("size"):
+            return f"{rel} has another size than the manifest records"
+        if sha256_file(f) != info.get("sha256"):
+            return f"{rel} has another sha256 than the manifest records"
+    for sub in ("data", "verifications"):  # a shard the manifest does not list would be loaded too
+        for f in sorted((output_dir / sub).rglob("*")) if (output_dir / sub).is_dir() else []:
+            rel = f.relative_to(output_dir).as_posix()
+            if f.is_file() and rel not in files and not is_temp_name(f.name) and rel.split("/")[0] not in LOCAL_STATE_DIRS:
+                return f"{rel} is not in the manifest"
+    return None
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -323,8 +264,55 @@ def apply_contamination(config: BuildConfig, inputs: Inputs) -> dict[str, Any] |
     return report
 
 
+_MODEL_JSON_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_models(config: BuildConfig, *, need_generator: bool) -> None:
+    """What can be checked about the models without loading them, before anything is written.
+
+    For a local model folder: its config, generation config and tokenizer config parse as JSON
+    objects, and ``config.json`` names a ``model_type``. Errors name the role, the file and line.
+    """
+    roles = [("verifier", config.verifier)] + ([("generator", config.generator)] if need_generator else [])
+    for role, role_config in roles:
+        folder = Path(role_config.model).expanduser()
+        if not folder.is_dir():
+            continue
+        for name in _MODEL_JSON_FILES:
+            path = folder / name
+            if not path.is_file():
+                continue
+            try:
+                value = json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise SparkHubError(f"{role} model: {name} is not UTF-8 text (byte offset {e.start})",
+                                    where=str(path)) from None
+            except json.JSONDecodeError as e:
+                raise SparkHubError(f"{role} model: {name} is not valid JSON ({e.msg})",
+                                    where=f"{path}:{e.lineno}:{e.colno}",
+                                    hint="restore the file, e.g. save_pretrained the model again") from None
+            except OSError as e:
+                raise SparkHubError(f"{role} model: cannot read {name} ({e.strerror})", where=str(path)) from None
+            if not isinstance(value, dict):
+                raise SparkHubError(f"{role} model: {name} must hold a JSON object, got {type(value).__name__}",
+                                    where=str(path))
+            if name == "config.json" and not value.get("model_type"):
+                raise SparkHubError(f"{role} model: config.json has no 'model_type'", where=str(path),
+                                    hint="a folder written by save_pretrained has one")
+
+
+def cache_path(config: BuildConfig) -> Path:
+    """The call cache of a build: ``cache`` when set (may be shared), else ``OUTPUT/.spark/cache.sqlite``."""
+    return Path(config.cache) if config.cache else Path(config.output_dir) / ".spark" / "cache.sqlite"
+
+
 def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
-    """Run Stage I end to end (resumable). Returns a `BuildResult`."""
+    """Run Stage I end to end (resumable). Returns a `BuildResult`.
+
+    Everything that can be checked (inputs, references, model folders) is checked before anything
+    is written. The build then holds an exclusive lock on its output folder and on its call cache
+    (`spark_hub.io.BuildLock`): a second build on either fails at once, naming the first one's pid.
+    """
     t0 = time.monotonic()
     if not config.output_dir:
         raise SparkHubError("output_dir is not set", hint="--output-dir DIR")
@@ -343,23 +331,40 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     contamination = apply_contamination(config, inputs)
 
     # ---- models (weights load lazily: a finished build never loads them)
+    check_models(config, need_generator=inputs.given is None)
     generator_backend, verifier_backend = load_backends(config, need_generator=inputs.given is None)
-    fingerprints = {"verifier": verifier_backend.fingerprint()}
-    if generator_backend is not None:
-        fingerprints["generator"] = generator_backend.fingerprint()
-    key = build_key(config, inputs, fingerprints)
+    try:
+        fingerprints = {"verifier": verifier_backend.fingerprint()}
+        if generator_backend is not None:
+            fingerprints["generator"] = generator_backend.fingerprint()
+        key = build_key(config, inputs, fingerprints)
+
+        # ---- from here on this build writes: one writer per output folder and per cache
+        cache_file = cache_path(config)
+        with BuildLock(output_dir / ".spark" / "build.lock", output_dir), \
+                BuildLock(cache_file.with_name(cache_file.name + ".lock"), cache_file):
+            clean_stale_temps(output_dir)
+            return _build(config, inputs, contamination, key, generator_backend, verifier_backend,
+                          progress=progress, t0=t0)
+    finally:
+        _close(generator_backend, verifier_backend)
+
+
+def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | None, key: str,
+           generator_backend, verifier_backend, *, progress: bool, t0: float) -> BuildResult:
+    """The build proper, under the locks taken by `main`."""
+    output_dir = Path(config.output_dir)
+    method = config.aggregation.method
 
     # ---- finished build? then there is nothing to do
     done = finished_build(output_dir, key)
     if done is not None:
         logger.info("%s already holds this build (key %s); nothing to do", output_dir, key[:12])
-        _close(generator_backend, verifier_backend)
         return BuildResult(output_dir, done, done.get("statistics", {}), reused=True,
                            model_requests={"generator": 0, "verifier": 0}, seconds=time.monotonic() - t0)
 
     # ---- resume from the call cache
-    output_dir.mkdir(parents=True, exist_ok=True)
-    cache = CallCache(config.cache or output_dir / ".spark" / "cache.sqlite")
+    cache = CallCache(cache_path(config))
     verifier = CachedBackend(verifier_backend, cache, batch_size=config.verifier.batch_size)
     generator = (CachedBackend(generator_backend, cache, batch_size=config.generator.batch_size)
                  if generator_backend is not None else None)
@@ -433,6 +438,12 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     statistics["model_seconds"] = {"generator": round(generator.model_seconds, 3) if generator else 0.0,
                                    "verifier": round(verifier.model_seconds, 3)}
     statistics["cache_hits"] = (generator.hits if generator else 0) + verifier.hits
+    statistics["invalid_unicode_completions"] = (generator.invalid_unicode if generator else 0) + verifier.invalid_unicode
+    if statistics["invalid_unicode_completions"]:
+        logger.warning("%d completion(s) held invalid Unicode (lone surrogates); stored verbatim in the call cache, "
+                       "replaced by U+FFFD in the dataset", statistics["invalid_unicode_completions"])
+    warning = labelling_warning(statistics, constrained=bool(getattr(config.verifier, "constrained", False)))
+    statistics["warnings"] = [warning] if warning else []
 
     # ---- finalize: manifest removed first, written last
     manifest_path = output_dir / MANIFEST_NAME
@@ -459,11 +470,12 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
     _write_card(output_dir, manifest, config.hub_repo)
     manifest = json.loads(write_manifest(output_dir, manifest).read_text())
     cache.close()
-    _close(generator_backend, verifier_backend)
     result = BuildResult(output_dir, manifest, statistics, reused=False, model_requests=model_requests,
                          seconds=time.monotonic() - t0, loop_seconds=loop_seconds)
     logger.info("wrote %s (%d records, %d verifications) in %.1fs", output_dir,
                 statistics["records"], statistics["verifications"], result.seconds)
+    if warning:
+        logger.warning("%s: %s", output_dir, warning)
     return result
 
 
@@ -499,28 +511,9 @@ class Labeller:
     def meta_critique(self, labelled: list[Labelled], verifier: CachedBackend, bar: StageProgress,
                       stats: LabelStats) -> list[Labelled]:
         """Critique, then merge, the selected verification of every labelled solution (T=0, n=1)."""
-        agg_cfg = self.config.aggregation
-        sampling = {"n": 1, "temperature": agg_cfg.critique_temperature, "top_p": 1.0,
-                    "max_tokens": agg_cfg.critique_max_tokens}
-        todo = [item for item in labelled if item.aggregate.status == "ok" and item.aggregate.selected is not None]
-        for task in ("critique", "merge"):  # unlabelled solutions have nothing to critique
-            bar.advance(task, len(labelled) - len(todo))
-
-        base_texts = [item.verifications[item.aggregate.selected].text for item in todo]
-        requests = [GenerationRequest.from_chat(
-            critique_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text),
-            seed=self.config.seed, **sampling) for item, text in zip(todo, base_texts)]
-        critiques = verifier.generate(requests, on_batch=bar.on_batch("critique"))
-        requests = [GenerationRequest.from_chat(
-            merge_messages(item.problem.problem, item.solution.steps, item.solution.final_answer, text,
-                           strip_think(out[0].text)),
-            seed=self.config.seed, **sampling) for item, text, out in zip(todo, base_texts, critiques)]
-        merges = verifier.generate(requests, on_batch=bar.on_batch("merge"))
-        for item, crit, merged in zip(todo, critiques, merges):
-            stats.tokens["meta"] = stats.tokens.get("meta", 0) + crit[0].completion_tokens + merged[0].completion_tokens
-            item.critique = _unparsed(item.solution, crit[0], self.verifier_id)
-            item.merged = parse_verifications(item.solution, merged, self.verifier_id, kind="merged")[0]
-            item.aggregate = apply_merged(item.aggregate, item.merged, len(item.solution.steps))
+        tokens = meta_critique(labelled, verifier, self.config.aggregation, self.config.seed,
+                               verifier_id=self.verifier_id, bar=bar)
+        stats.tokens["meta"] = stats.tokens.get("meta", 0) + tokens
         return labelled
 
     def rows(self, labelled: list[Labelled]) -> tuple[list[dict], list[dict]]:
@@ -560,14 +553,7 @@ class Labeller:
         return record_rows, verification_rows
 
 
-def _unparsed(solution: Solution, completion, verifier_id: str) -> Verification:
-    """A critique: kept verbatim, not parsed into verdicts."""
-    return Verification(
-        problem_id=solution.problem_id, solution_index=solution.index, index=0, verifier=verifier_id,
-        raw_text=completion.text, text=strip_think(completion.text), step_verdicts=[], final_verdict=None,
-        parse_status="not_parsed", expected_steps=len(solution.steps), finish_reason=completion.finish_reason,
-        completion_tokens=completion.completion_tokens, kind="critique",
-    )
+_unparsed = critique_verification  # the critique row (moved to stages/critique.py)
 
 
 def balance_rows(rows: list[dict[str, Any]], config: BuildConfig) -> list[dict[str, Any]]:
