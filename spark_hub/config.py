@@ -170,33 +170,44 @@ def _did_you_mean(key: str, valid: list[str]) -> str:
     return f"did you mean {close[0]}? " if close else ""
 
 
-def _blamed_field(error: BaseException, cls, given: list[str]) -> str | None:
-    """The field a validation error is about: its ``field`` attribute, else the field its message
-    starts with (``"n must be >= 1"``, ``"balance.by must be..."``), else the only given key it names."""
+def _blamed_fields(error: BaseException, cls, given: dict[str, Any]) -> list[str]:
+    """The fields a validation error is about: its ``field`` attribute, else the field its message
+    starts with (``"n must be >= 1"``, ``"balance.by must be..."``), else the given keys it names
+    (``"At most one of fp16 and bf16..."``), else the given keys whose value it quotes
+    (``"nope is not a valid SchedulerType"``)."""
     import re
 
     name = getattr(error, "field", None)
     valid = _valid_keys(cls)
     if name in valid:
-        return name
+        return [name]
     message = getattr(error, "message", None) or str(error)
     first = message.split(" ", 1)[0].strip("`'\":,")
     first = first.rsplit(".", 1)[-1]
     if first in valid:
-        return first
-    named = [k for k in given if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)]
-    return named[0] if len(named) == 1 else None
+        return [first]
+
+    def word(text: str) -> str:
+        return rf"(?<![\w.]){re.escape(text)}(?![\w])"
+
+    named = [k for k in given if re.search(word(k), message)]
+    if named:
+        return named
+    return [k for k, v in given.items()
+            if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) and re.search(word(str(v)), message)]
 
 
-def _with_source(error: BaseException, *, key: str | None, sources: Sources, where: str) -> SparkHubError:
-    """Re-raise a validation error as one line naming the value's source and, under a role, the role."""
-    label = sources.label(key) if key else None
-    if label is None:
-        label = f"{key} (default)" if key else where
-    role = key.split(".", 1)[0] if key and key.split(".", 1)[0] in ROLES else None
+def _with_source(error: BaseException, *, keys: list[str], sources: Sources, where: str) -> SparkHubError:
+    """Re-raise a validation error as one line naming the values' sources and, under a role, the role."""
+    labels = []
+    for key in keys:
+        label = sources.label(key) or f"{key} (default)"
+        if label not in labels:
+            labels.append(label)
+    roles = sorted({key.split(".", 1)[0] for key in keys if key.split(".", 1)[0] in ROLES})
     message = getattr(error, "message", None) or " ".join(str(error).split())
-    hint = "; ".join(h for h in (role, getattr(error, "hint", None)) if h) or None
-    return SparkHubError(message, where=label, hint=hint)
+    hint = "; ".join(h for h in (", ".join(roles), getattr(error, "hint", None)) if h) or None
+    return SparkHubError(message, where=", ".join(labels) or where, hint=hint)
 
 
 def from_dict(cls, data: dict[str, Any], *, where: str = "config", prefix: str = "",
@@ -229,15 +240,15 @@ def from_dict(cls, data: dict[str, Any], *, where: str = "config", prefix: str =
             try:
                 kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
             except SparkHubError as e:
-                raise _with_source(e, key=f"{prefix}{key}", sources=sources, where=where) from None
+                raise _with_source(e, keys=[f"{prefix}{key}"], sources=sources, where=where) from None
     try:
         return cls(**kwargs)
     except (SparkHubError, ValueError, TypeError) as e:
         if isinstance(e, TypeError) and not isinstance(e, SparkHubError) and "__init__" not in str(e):
             raise
-        name = _blamed_field(e, cls, list(kwargs))
-        key = f"{prefix}{name}" if name else (section or None)
-        raise _with_source(e, key=key, sources=sources, where=where) from None
+        names = _blamed_fields(e, cls, {k: data[k] for k in kwargs if k in data})
+        keys = [f"{prefix}{name}" for name in names] or ([section] if section else [])
+        raise _with_source(e, keys=keys, sources=sources, where=where) from None
 
 
 def _coerce(value: Any, tp, name: str):
@@ -411,7 +422,7 @@ def _check_model_paths(config: "BuildConfig", sources: Sources, where: str) -> N
         if not path.exists() and (rc.backend == "scripted" or _looks_like_path(rc.model)):
             error = SparkHubError(f"model path {rc.model!r} does not exist",
                                   hint="pass an existing folder written by save_pretrained, a Hub model id, or `embedded`")
-            raise _with_source(error, key=f"{role}.model", sources=sources, where=where)
+            raise _with_source(error, keys=[f"{role}.model"], sources=sources, where=where)
 
 
 def load_build_config(
@@ -431,6 +442,106 @@ def load_build_config(
     config = from_dict(BuildConfig, data, where=where, sources=sources)
     _check_model_paths(config, sources, where)
     return config
+
+
+# ----------------------------------------------------------------------------- several dataclasses, one YAML
+#
+# The training and evaluation stages combine spark-hub dataclasses with TRL's (`SFTConfig`,
+# `GRPOConfig`, `ModelConfig`) in one recipe, open-r1 style. The rules are `trl.TrlParser`'s:
+# the recipe is one flat mapping over the fields of all the dataclasses (a key that several of them
+# declare, such as ``seed``, goes to each), an ``env:`` block sets environment variables, and keys no
+# dataclass declares are an error. On top of TrlParser: ``--set`` and explicit flags with the same
+# precedence as `load_build_config`, nested spark-hub sections (``verifier: {n: 4}``), errors that
+# name the source of the value, and CPU-friendly defaults when there is no accelerator.
+
+#: TrainingArguments values used when no accelerator is present and the user did not set them:
+#: TRL defaults ``bf16`` to True, which a CPU-only machine cannot run.
+CPU_DEFAULTS = {"use_cpu": True, "bf16": False}
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator); False when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+def _is_training_arguments(cls) -> bool:
+    return any(base.__name__ == "TrainingArguments" for base in cls.__mro__)
+
+
+def parse_config(
+    dataclass_types: typing.Sequence[type],
+    path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    flags: dict[str, Any] | None = None,
+    *,
+    accelerator: bool | None = None,
+) -> tuple:
+    """Instantiate several dataclasses from ONE YAML recipe, ``--set`` overrides and CLI flags.
+
+    Precedence: dataclass defaults < recipe < ``--set key=value`` < ``flags`` (None = not given).
+    Unknown keys are rejected with the list of valid ones; every error names where the value came
+    from (``recipe.yaml:7``, ``--set learning_rate``, ``--output-dir``) and, under a ``generator`` or
+    ``verifier`` section, the role.
+
+    Args:
+        dataclass_types: e.g. ``(SparkSFTArgs, trl.SFTConfig, trl.ModelConfig)``.
+        path: the recipe (a file, or the name of a built-in one); None for none.
+        overrides: ``key=value`` strings (values parsed as YAML), dotted keys for nested sections.
+        flags: explicit CLI flags by dataclass field name.
+        accelerator: whether a GPU is present (default: ask torch). Without one, subclasses of
+            `transformers.TrainingArguments` get `CPU_DEFAULTS` for the keys the user did not set.
+
+    Returns:
+        One instance per type, in order.
+
+    Example:
+        >>> from trl import ModelConfig, SFTConfig
+        >>> training, model = parse_config((SFTConfig, ModelConfig), overrides=["learning_rate=1e-5",
+        ...                                "model_name_or_path=my/model"], accelerator=False)
+        >>> training.learning_rate, training.use_cpu, model.model_name_or_path
+        (1e-05, True, 'my/model')
+    """
+    import os
+
+    types_ = list(dataclass_types)
+    data, sources = read_recipe(path) if path else ({}, Sources())
+    where = str(path) if path else "config"
+    declared = {f for cls in types_ for f in _valid_keys(cls)}
+    if "env" in data and "env" not in declared:
+        env = data.pop("env")
+        if not isinstance(env, dict):
+            raise SparkHubError("`env` must be a mapping of variable names to values", where=sources.label("env") or where)
+        for key, value in env.items():
+            os.environ[str(key)] = str(value)
+    data = apply_overrides(data, list(overrides), sources)
+    _apply_flags(data, dict(flags or {}), sources)
+
+    valid = sorted(declared)
+    per_type: list[dict[str, Any]] = [{} for _ in types_]
+    for key, value in data.items():
+        owners = [i for i, cls in enumerate(types_) if key in _valid_keys(cls)]
+        if not owners:
+            raise SparkHubError(f"unknown key {key}", where=sources.label(str(key)) or where,
+                                hint=f"{_did_you_mean(str(key), valid)}valid keys: {', '.join(valid)}")
+        for i in owners:
+            per_type[i][key] = value
+
+    if accelerator is None:
+        accelerator = has_accelerator()
+    for cls, values in zip(types_, per_type):
+        if not accelerator and _is_training_arguments(cls):
+            for key, value in CPU_DEFAULTS.items():
+                if key not in values:
+                    values[key] = value
+                    sources.setdefault(key, f"{key} (CPU default: no accelerator)")
+    return tuple(from_dict(cls, values, where=where, sources=sources) for cls, values in zip(types_, per_type))
 
 
 def dump_yaml(config) -> str:
