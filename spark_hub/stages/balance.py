@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spark_hub.errors import SparkHubError
+from spark_hub.grading import answers_match, answers_match_many
 
 BALANCE_BY = ("majority_verdict", "ground_truth")
 
@@ -46,29 +47,26 @@ class BalanceConfig:
 
 
 def answer_is_correct(answer: str | None, reference: str | None) -> bool | None:
-    """math-verify equivalence of ``answer`` and ``reference`` (None when either is missing)."""
-    if answer is None or reference is None:
-        return None
-    from math_verify import parse, verify
-
-    gold = parse(reference)
-    if not gold:
-        gold = parse(f"${reference}$")
-    pred = parse(answer)
-    if not pred:
-        pred = parse(f"${answer}$")
-    if not gold or not pred:
-        return answer.strip() == reference.strip()
-    return bool(verify(gold, pred))
+    """math-verify equivalence of ``answer`` and ``reference`` (None when either is missing, or when
+    the comparison times out); see `spark_hub.grading.answers_match`. Safe from any thread."""
+    return answers_match(answer, reference)
 
 
 def solution_class(record: dict[str, Any], by: str) -> bool | None:
     """True (correct), False (incorrect) or None (cannot tell: unlabelled or no reference)."""
-    if record["status"] != "ok":
-        return None
+    return solution_classes([record], by)[0]
+
+
+def solution_classes(records: list[dict[str, Any]], by: str) -> list[bool | None]:
+    """`solution_class` of each record; ``ground_truth`` grades all answers in one batch."""
     if by == "majority_verdict":
-        return record["final_label"]
-    return answer_is_correct(record["final_answer"], record["reference"])
+        return [r["final_label"] if r["status"] == "ok" else None for r in records]
+    graded = [i for i, r in enumerate(records) if r["status"] == "ok"]
+    truths = answers_match_many([(records[i]["final_answer"], records[i]["reference"]) for i in graded])
+    classes: list[bool | None] = [None] * len(records)
+    for i, truth in zip(graded, truths):
+        classes[i] = truth
+    return classes
 
 
 def balance_problem(records: list[dict[str, Any]], config: BalanceConfig, seed: int) -> list[dict[str, Any]]:
@@ -82,7 +80,7 @@ def balance_problem(records: list[dict[str, Any]], config: BalanceConfig, seed: 
     >>> [r["solution_index"] for r in balance_problem(rows, BalanceConfig(enabled=True, per_class=3), 42)]
     [0, 2]
     """
-    classes = [(r, solution_class(r, config.by)) for r in records]
+    classes = list(zip(records, solution_classes(records, config.by)))
     correct = [r for r, c in classes if c is True]
     incorrect = [r for r, c in classes if c is False]
     k = min(config.per_class, len(correct), len(incorrect))
