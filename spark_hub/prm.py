@@ -102,7 +102,7 @@ BUILTIN_SPECS: dict[str, dict[str, Any]] = {
         "aggregation": "min",
         "threshold": 0.5,
         "notes": "peiyi9979/math-shepherd-mistral-7b-prm: P(correct) = softmax(logits[+], logits[-])[+] at each "
-                 "'ки' step tag; token ids from tokenizing '+ -' (override with positive/negative_token_id).",
+                 "'ки' step tag; token ids from tokenizing '+' and '-' (override with positive/negative_token_id).",
     },
 }
 
@@ -603,14 +603,17 @@ class StepTagPRM(_TorchPRM):
         score = self.spec["score"]
         pos, neg = score.get("positive_token_id"), score.get("negative_token_id")
         if pos is None or neg is None:
-            ids = self.tokenizer.encode(score.get("candidates", "+ -"), add_special_tokens=False)
-            if len(ids) != 2:
+            words = score.get("candidates", "+ -").split()
+            ids = [self.tokenizer.encode(word, add_special_tokens=False) for word in words]
+            if len(words) != 2 or not all(ids):
                 raise SparkHubError(
-                    f"score.candidates {score.get('candidates')!r} is {len(ids)} tokens for this tokenizer, not 2",
-                    where=SPEC_NAME, hint="set score.positive_token_id and score.negative_token_id",
+                    f"score.candidates {score.get('candidates')!r} must be two tokens, positive first",
+                    where=SPEC_NAME, hint="or set score.positive_token_id and score.negative_token_id",
                 )
-            pos = ids[0] if pos is None else pos
-            neg = ids[1] if neg is None else neg
+            # each word tokenised alone, its last id (with SentencePiece: the "▁+" / "▁-" pieces the
+            # Math-Shepherd card gets from encode("+ -")[1:])
+            pos = ids[0][-1] if pos is None else pos
+            neg = ids[1][-1] if neg is None else neg
         self.candidates = [pos, neg]
         self.model = self._from_pretrained(AutoModelForCausalLM)
 
