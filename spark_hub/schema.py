@@ -103,6 +103,8 @@ def iter_errors(name: str, record: dict[str, Any]) -> Iterator[tuple[str, str]]:
     if error:
         yield "$.schema_version", error
         return
+    if fast_check(name, version)(record):  # the common case: valid, no need to explain
+        return
     for err in sorted(_validator(name, version).iter_errors(record), key=lambda e: list(map(str, e.path))):
         yield _json_path(err), err.message
 
