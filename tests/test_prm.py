@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hub_fixtures import hub_server  # noqa: F401 - a fixture
 
 from spark_hub import rm_prompts
 from spark_hub.errors import SparkHubError
@@ -394,3 +395,45 @@ def test_loading_rules(tmp_path):
         load_prm(empty, backend="scripted", temperature=0.3)
     with pytest.raises(SparkHubError, match="transformers only"):
         load_prm(folder, spec="math-shepherd", backend="vllm")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hub round trip
+# ------------------------------------------------------------------------------------------------
+
+
+def _generative_prm_folder(path: Path, kind: str = "prm") -> Path:
+    from tiny_models import make_tiny_model
+
+    from spark_hub.manifest import new_manifest, write_manifest
+
+    folder = Path(make_tiny_model(path))
+    spec = generative_spec("prm", generation={"max_tokens": 4})
+    write_spec(folder, spec)
+    write_manifest(folder, new_manifest(kind, config={"prm_format": "prm"}, prompts={"prm": spec["prompt"]["template_sha256"]},
+                                        models={"base_model": {"id": "tiny", "revision": None}}))
+    return folder
+
+
+def test_load_prm_from_the_loopback_hub(hub_server, tmp_path):
+    from hub_fixtures import unique_repo
+
+    from spark_hub.hub import push
+
+    folder = _generative_prm_folder(tmp_path / "prm")
+    repo_id = unique_repo("prm")
+    result = push(folder, repo_id, revision="v1")
+    prm = load_prm(repo_id, revision="v1")
+    assert isinstance(prm, GenerativePRM)
+    assert prm.source["revision"] == "v1" and prm.source["commit"] == result.commit_sha
+    assert (Path(prm.source["folder"]) / "prm_spec.json").read_text() == (folder / "prm_spec.json").read_text()
+    [s] = prm.score_batch([(PROBLEM, STEPS)])
+    assert s.n_steps == 3 and isinstance(s.status, str)
+    with pytest.raises(SparkHubError, match="not found|no model"):
+        load_prm(repo_id, revision="missing-branch")
+
+
+def test_load_prm_refuses_an_artifact_that_is_not_a_prm(tmp_path):
+    folder = _generative_prm_folder(tmp_path / "ds", kind="dataset")
+    with pytest.raises(SparkHubError, match="'dataset' artifact, not a PRM"):
+        load_prm(folder)
