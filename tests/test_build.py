@@ -60,7 +60,7 @@ def test_output_layout_and_manifest(tmp_path):
     assert manifest["seeds"] == {"sampling": 42, "balance": None}
     assert "torch" in manifest["packages"] and "datasets" in manifest["packages"]
     assert (out / "config.yaml").is_file() and (out / "README.md").is_file()
-    assert set(manifest["files"]) >= {"README.md", "config.yaml", "data/train-00000-of-00001.parquet",
+    assert set(manifest["files"]) >= {"config.yaml", "data/train-00000-of-00001.parquet",
                                       "verifications/train-00000-of-00001.parquet"}
     assert not any(name.startswith(".spark") for name in manifest["files"])
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from helpers import read_rows, scripted_recipe
+from slow_backend import RecordingScriptedBackend
 from spark_hub.config import load_build_config
 from spark_hub.errors import SparkHubError
 from spark_hub.stages import build
@@ -55,15 +56,35 @@ def test_meta_critique_methods(tmp_path, method):
     assert result.statistics["verifications"] == 15  # sampled verifications only
 
 
+REFERENCES = {"Tom gets 4 car washes": "720", "John buys 2 pairs of shoes": "360", "A robe takes 2 bolts": "3"}
+USES_REFERENCES = "**labels used references.**"  # the card section shown only when uses_references is true
+
+
+def _verifier_prompts(*overrides, tmp_path):
+    RecordingScriptedBackend.received.clear()
+    result = run(tmp_path, "verifier.backend=slow_backend:RecordingScriptedBackend", *overrides)
+    prompts = [request.chat()[-1]["content"] for request in RecordingScriptedBackend.received]
+    return result, prompts
+
+
 def test_reference_guided(tmp_path):
-    result = run(tmp_path, "aggregation.method=reference_guided")
+    result, prompts = _verifier_prompts("aggregation.method=reference_guided", tmp_path=tmp_path)
     assert result.manifest["uses_references"] is True
     assert "reference_verifier" in result.manifest["prompts"]
     card = (tmp_path / "out" / "README.md").read_text().lower()
-    assert "reference" in card
-    # the verifier prompt carried the reference answer
-    cache_rows = build.CallCache(tmp_path / "out" / ".spark" / "cache.sqlite")
-    assert len(cache_rows) == 3 + 5
+    assert USES_REFERENCES in card
+    # every verifier prompt carried its own problem's reference answer
+    assert len(prompts) == 5
+    for prompt in prompts:
+        problem = next(p for p in REFERENCES if p in prompt)
+        assert f"Reference Answer: {REFERENCES[problem]}" in prompt, prompt
+
+
+def test_reference_free_prompts_hide_the_reference(tmp_path):
+    result, prompts = _verifier_prompts(tmp_path=tmp_path)
+    assert result.manifest["uses_references"] is False
+    assert len(prompts) == 5 and not any("Reference Answer" in prompt for prompt in prompts)
+    assert USES_REFERENCES not in (tmp_path / "out" / "README.md").read_text().lower()
 
 
 def test_reference_guided_needs_references(tmp_path):
@@ -90,7 +111,7 @@ def test_balance_by_ground_truth(tmp_path):
     assert sorted(r["id"] for r in records) == ["gsm8k-test-1/s0", "gsm8k-test-1/s1",
                                                 "gsm8k-test-134/s0", "gsm8k-test-134/s1"]
     assert result.manifest["uses_references"] is True
-    assert "reference" in (tmp_path / "out" / "README.md").read_text().lower()
+    assert USES_REFERENCES in (tmp_path / "out" / "README.md").read_text().lower()
 
 
 def test_balance_caps_per_class(tmp_path):
@@ -109,7 +130,9 @@ def test_contamination_report_and_decontaminate(tmp_path):
     result = run(tmp_path, f"contamination.benchmarks=[{bench}]")
     report = result.manifest["contamination"]
     assert report["matched"] == 1 and report["matches"][0]["problem_id"] == "gsm8k-test-134"
-    assert "contamination" in (tmp_path / "out" / "README.md").read_text().lower()
+    card = (tmp_path / "out" / "README.md").read_text().lower()
+    assert "## contamination report" in card  # the section appears only with a report
+    assert "gsm8k-test-134" in card[card.index("## contamination report"):]
     assert result.statistics["problems"] == 3
 
     result = run(tmp_path, f"contamination.benchmarks=[{bench}]", "contamination.decontaminate=true")

@@ -230,7 +230,8 @@ def check_output_dir(output_dir: Path) -> None:
 def _engine_free(config) -> dict[str, Any]:
     """A role's backend settings without the engine knobs (to decide whether roles share a model)."""
     d = dataclasses.asdict(config.backend_config())
-    for knob in ("batch_size", "max_concurrency", "max_retries", "timeout"):
+    # per-request settings (they travel in each request) do not make another engine either
+    for knob in ("batch_size", "max_concurrency", "max_retries", "timeout", "constrained", "logprobs"):
         d.pop(knob, None)
     return d
 
@@ -405,7 +406,9 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
 
             # ---- N verifications: one request with n=N per solution
             requests = [verification_request(p, s, config.verifier.sampling(), config.seed,
-                                             with_reference=method == "reference_guided") for p, s in with_steps]
+                                             with_reference=method == "reference_guided",
+                                             constrained=bool(getattr(config.verifier, "constrained", False)))
+                        for p, s in with_steps]
             outputs = verifier.generate(requests, on_batch=bar.on_batch("verify"))
             verifications = {
                 (s.problem_id, s.index): parse_verifications(s, out, verifier.model_id)
@@ -438,6 +441,7 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
     statistics["model_seconds"] = {"generator": round(generator.model_seconds, 3) if generator else 0.0,
                                    "verifier": round(verifier.model_seconds, 3)}
     statistics["cache_hits"] = (generator.hits if generator else 0) + verifier.hits
+    statistics["inputs"] = {"duplicate_solution_rows_dropped": getattr(inputs, "duplicates_dropped", 0)}
     statistics["invalid_unicode_completions"] = (generator.invalid_unicode if generator else 0) + verifier.invalid_unicode
     if statistics["invalid_unicode_completions"]:
         logger.warning("%d completion(s) held invalid Unicode (lone surrogates); stored verbatim in the call cache, "
@@ -511,35 +515,40 @@ class Labeller:
     def meta_critique(self, labelled: list[Labelled], verifier: CachedBackend, bar: StageProgress,
                       stats: LabelStats) -> list[Labelled]:
         """Critique, then merge, the selected verification of every labelled solution (T=0, n=1)."""
+        role = self.config.verifier
         tokens = meta_critique(labelled, verifier, self.config.aggregation, self.config.seed,
-                               verifier_id=self.verifier_id, bar=bar)
+                               verifier_id=self.verifier_id, bar=bar, constrained=bool(getattr(role, "constrained", False)),
+                               logprobs=bool(getattr(role, "logprobs", False)))
         stats.tokens["meta"] = stats.tokens.get("meta", 0) + tokens
         return labelled
 
     def rows(self, labelled: list[Labelled]) -> tuple[list[dict], list[dict]]:
-        """Validated step-record rows and verification rows (samples, critiques, merges)."""
-        config = self.config
+        """Validated step-record rows and verification rows (samples, critiques, merges).
+
+        The label columns come from the `Aggregate` as they are (`StepRecord.from_labels`); the
+        rows are the records' own `to_dict`.
+        """
+        from spark_hub.parsing import locate_steps
+
+        method = self.config.aggregation.method
         record_rows, verification_rows = [], []
         for item in labelled:
             p, s, agg = item.problem, item.solution, item.aggregate
-            if item.merged is not None and agg.status == "ok":
-                cot_text, cot_id = item.merged.text, item.merged.id
-            elif agg.selected is not None and agg.status == "ok":
-                cot_text, cot_id = item.verifications[agg.selected].text, item.verifications[agg.selected].id
-            else:
-                cot_text = cot_id = None
-            record = StepRecord(
-                problem_id=p.id, problem=p.problem, reference=p.reference,
+            cot = None  # the verification whose text is the PRM-CoT target
+            if agg.status == "ok":
+                cot = item.merged if item.merged is not None else (
+                    item.verifications[agg.selected] if agg.selected is not None else None)
+            record = StepRecord.from_labels(
+                agg, problem_id=p.id, problem=p.problem, reference=p.reference,
                 solution_index=s.index, solution=s.text, steps=s.steps,
+                step_spans=s.step_spans if s.step_spans is not None else locate_steps(s.text, s.steps),
                 final_answer=s.final_answer, solution_status=s.status,
-                generator=self.generator_id, verifier=self.verifier_id, method=config.aggregation.method,
-                labels=agg.labels, final_label=agg.final_label,
-                votes_correct=agg.votes_correct, votes_incorrect=agg.votes_incorrect,
-                agreement=agg.agreement, final_votes_yes=agg.final_votes_yes,
-                final_votes_no=agg.final_votes_no, n_verifications=len(item.verifications),
-                n_parsed=agg.n_parsed, status=agg.status, cot_target=cot_text,
-                cot_verification_index=agg.selected if cot_text is not None else None,
-                cot_verification_id=cot_id, cot_exact_match=agg.exact_match if cot_text is not None else None,
+                generator=self.generator_id, verifier=self.verifier_id, method=method,
+                n_verifications=len(item.verifications),
+                cot_target=cot.text if cot is not None else None,
+                cot_verification_index=agg.selected if cot is not None else None,
+                cot_verification_id=cot.id if cot is not None else None,
+                cot_exact_match=agg.exact_match if cot is not None else None,
             )
             row = record.to_dict()
             if not self.record_is_valid(row):

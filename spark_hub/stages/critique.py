@@ -6,6 +6,10 @@ critique it, then to merge verification and critique into a final verification (
 calls are greedy (``critique_temperature``, paper: 0) with n=1; the merged verification is parsed
 like any other and gives the labels (`spark_hub.stages.aggregate.apply_merged`). The critique is
 kept verbatim (``parse_status="not_parsed"``).
+
+With ``verifier.constrained`` the merge is constrained like a verification (one block per solution
+step, then the final verdict) and the critique must open with its heading (`spark_hub.constrained`);
+with ``verifier.logprobs`` the merge asks for logprobs, so merged rows carry verdict probabilities.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from spark_hub.backends.base import Completion, GenerationRequest
+from spark_hub.constrained import critique_constraint, verification_constraint
 from spark_hub.parsing import strip_think
 from spark_hub.prompts import critique_messages, merge_messages
 from spark_hub.records import Problem, Solution, Verification
@@ -38,18 +43,22 @@ def critique_sampling(config: AggregationConfig) -> dict[str, Any]:
 
 
 def critique_request(problem: Problem, solution: Solution, verification: str, sampling: dict,
-                     seed: int) -> GenerationRequest:
-    """The critique request for one verification text of ``solution``."""
+                     seed: int, *, constrained: bool = False) -> GenerationRequest:
+    """The critique request for one verification text of ``solution`` (free text; constrained: it
+    must open with the critique heading)."""
     messages = critique_messages(problem.problem, solution.steps, solution.final_answer, verification)
-    return GenerationRequest.from_chat(messages, seed=seed, **sampling)
+    constraint = critique_constraint() if constrained else None
+    return GenerationRequest.from_chat(messages, seed=seed, constraint=constraint, **sampling)
 
 
 def merge_request(problem: Problem, solution: Solution, verification: str, critique: str, sampling: dict,
-                  seed: int) -> GenerationRequest:
-    """The merge request: the verification and its critique (think blocks stripped)."""
+                  seed: int, *, constrained: bool = False, logprobs: bool = False) -> GenerationRequest:
+    """The merge request: the verification and its critique (think blocks stripped); constrained
+    like a verification of ``solution``."""
     messages = merge_messages(problem.problem, solution.steps, solution.final_answer, verification,
                               strip_think(critique))
-    return GenerationRequest.from_chat(messages, seed=seed, **sampling)
+    constraint = verification_constraint(len(solution.steps)) if constrained and solution.steps else None
+    return GenerationRequest.from_chat(messages, seed=seed, constraint=constraint, logprobs=logprobs, **sampling)
 
 
 def critique_verification(solution: Solution, completion: Completion, verifier: str) -> Verification:
@@ -63,7 +72,7 @@ def critique_verification(solution: Solution, completion: Completion, verifier: 
 
 
 def meta_critique(items: list[_Item], verifier, config: AggregationConfig, seed: int, *,
-                  verifier_id: str, bar=None) -> int:
+                  verifier_id: str, bar=None, constrained: bool = False, logprobs: bool = False) -> int:
     """Critique, then merge, the selected verification of every labelled item, in place.
 
     Items that are unlabelled or have no selected verification are left as they are. ``verifier``
@@ -76,10 +85,11 @@ def meta_critique(items: list[_Item], verifier, config: AggregationConfig, seed:
         for task in ("critique", "merge"):  # unlabelled solutions have nothing to critique
             bar.advance(task, len(items) - len(todo))
     base_texts = [item.verifications[item.aggregate.selected].text for item in todo]
-    requests = [critique_request(item.problem, item.solution, text, sampling, seed)
+    requests = [critique_request(item.problem, item.solution, text, sampling, seed, constrained=constrained)
                 for item, text in zip(todo, base_texts)]
     critiques = verifier.generate(requests, on_batch=bar.on_batch("critique") if bar is not None else None)
-    requests = [merge_request(item.problem, item.solution, text, out[0].text, sampling, seed)
+    requests = [merge_request(item.problem, item.solution, text, out[0].text, sampling, seed,
+                              constrained=constrained, logprobs=logprobs)
                 for item, text, out in zip(todo, base_texts, critiques)]
     merges = verifier.generate(requests, on_batch=bar.on_batch("merge") if bar is not None else None)
     tokens = 0
