@@ -6,7 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import read_rows, scripted_recipe
+from hub_fixtures import hub_server, unique_repo  # noqa: F401
 from spark_hub.cli import cli
+from spark_hub.config import load_build_config
 
 def all_commands(group=cli, path=()):
     """Every command path under the group, nested groups included (new commands are covered as added)."""
@@ -121,3 +123,166 @@ def test_info_rejects_a_manifest_of_another_schema_version(tmp_path):
     assert result.output.strip().splitlines() == [
         f"Error: {manifest}: $.schema_version: unsupported schema version '2' (this spark-hub reads version 1)"
     ]
+
+
+# ----------------------------------------------------------------------------- one-line errors, flags
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["build-dataset", "--limit", "abc"], "Error: Invalid value for '--limit': 'abc' is not a valid integer."),
+        (["build-dataset", "--output-dir", "{file}"], "Error: Invalid value for '--output-dir': Directory '{file}' is a file."),
+        (["build-dataset", "--solutions", "{dir}"], "Error: Invalid value for '--solutions': File '{dir}' is a directory."),
+        (["build-dataset", "--no-such-flag"], "Error: No such option '--no-such-flag'."),
+        (["push", "{dir}"], "Error: Missing argument 'REPO_ID'."),
+        (["no-such-command"], "Error: No such command 'no-such-command'."),
+    ],
+    ids=["limit-abc", "output-dir-is-file", "solutions-is-dir", "unknown-option", "missing-argument", "unknown-command"],
+)
+def test_click_usage_errors_are_one_line(tmp_path, args, expected):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    fill = {"file": str(file), "dir": str(tmp_path)}
+    result = CliRunner().invoke(cli, [a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(expected.format(**fill)), lines[0]
+    assert "--help" in lines[0]  # where to look next
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_errors_name_role_and_source(tmp_path):
+    result = build(tmp_path, "--set", "verifier.n=0")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: --set verifier.n: n must be >= 1, got 0 (verifier)"
+    result = build(tmp_path, "--set", "generator.temperature=-1")
+    assert result.output.strip() == "Error: --set generator.temperature: temperature must be >= 0, got -1.0 (generator)"
+
+
+def test_revision_means_one_thing(tmp_path):
+    help_text = CliRunner().invoke(cli, ["build-dataset", "--help"]).output
+    assert "--problems-revision" in help_text and "--revision " not in help_text
+    result = build(tmp_path, "--revision", "main")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: Invalid value for '--revision': renamed to --problems-revision (the Hub revision of --problems); "
+        "--hub-revision is the branch to push to (see `cli build-dataset --help`)"]
+    # --hub-revision is the target branch in every command that pushes
+    assert "--hub-revision" in CliRunner().invoke(cli, ["push", "--help"]).output
+
+
+def test_build_dataset_push_takes_the_push_options(tmp_path, monkeypatch):
+    help_text = CliRunner().invoke(cli, ["build-dataset", "--help"]).output
+    for flag in ("--push", "--hub-repo", "--hub-revision", "--private", "--overwrite", "--hub-endpoint"):
+        assert flag in help_text
+    calls = []
+
+    class Pushed:
+        commit_url = "http://hub/commit/1"
+
+    def fake_push(folder, repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return Pushed()
+
+    monkeypatch.setattr("spark_hub.hub.push", fake_push)
+    result = build(tmp_path, "--limit", "1", "--push", "--hub-repo", "me/data", "--hub-revision", "run-1",
+                   "--private", "--overwrite", "--hub-endpoint", "http://127.0.0.1:9")
+    assert result.exit_code == 0, result.output
+    assert calls == [("me/data", {"revision": "run-1", "private": True, "overwrite": True,
+                                  "endpoint": "http://127.0.0.1:9"})]
+
+
+def test_ctrl_c_says_the_build_is_resumable_and_how(tmp_path, monkeypatch):
+    def interrupted(config, progress=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("spark_hub.stages.build.main", interrupted)
+    result = build(tmp_path, "--limit", "1")
+    assert result.exit_code == 130
+    assert "Aborted!" not in result.output
+    recipe = tmp_path / "scripted" / "recipe.yaml"
+    assert result.output.strip().splitlines()[-1] == (
+        "Interrupted: the build is resumable: model calls made so far are cached. Resume with the same command: "
+        f"cli build-dataset --config {recipe} --output-dir {tmp_path / 'out'} --no-progress --limit 1")
+
+
+def test_dry_run_says_when_the_recipe_limit_applies(tmp_path):
+    recipe = scripted_recipe(tmp_path)
+    recipe.write_text(recipe.read_text() + "limit: 2\n")
+    result = CliRunner().invoke(cli, ["build-dataset", "--config", str(recipe), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"limit:                  first 2 problems, from {recipe} (--set limit=null for all)" in result.output
+    result = CliRunner().invoke(cli, ["build-dataset", "--config", str(recipe), "--dry-run", "--set", "limit=null"])
+    assert result.exit_code == 0, result.output
+    assert "limit:" not in result.output
+
+
+# ----------------------------------------------------------------------------- recipes, env, info
+
+
+def test_recipes_lists_the_builtin_recipes_with_their_description():
+    result = CliRunner().invoke(cli, ["recipes"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    demo = next(line for line in lines if line.startswith("demo-cpu "))
+    assert "spark-hub demo on CPU" in demo
+    assert any(line.startswith("spark-paper/step_consistency ") and "step_consistency" in line.split(None, 1)[1]
+               for line in lines)
+    names = [line.split()[0] for line in lines if line and not line.startswith(("8 ", " ")) and "recipes in" not in line]
+    assert len(names) == 8, names
+
+
+def test_every_listed_recipe_loads():
+    from spark_hub.cli.tools import builtin_recipes
+
+    for name, _ in builtin_recipes():
+        config = load_build_config(name)
+        assert config.verifier.n >= 1, name
+
+
+def test_env_prints_versions_and_devices():
+    result = CliRunner().invoke(cli, ["env"])
+    assert result.exit_code == 0, result.output
+    import torch
+    import trl
+
+    for line in ("python: ", "spark-hub: ", f"torch: {torch.__version__}", f"trl: {trl.__version__}", "transformers: ",
+                 "datasets: ", "huggingface_hub: ", "accelerate: ", "device: cpu: "):
+        assert line in result.output, line
+
+
+def test_info_shows_provenance(tmp_path):
+    assert build(tmp_path, "--limit", "1").exit_code == 0
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "out")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    for text in ("model: verifier", "verifier.jsonl", "model: generator", "input: problems",
+                 manifest["inputs"]["problems"]["sha256"][:16], "spark-hub", "prompt: verifier", "solutions"):
+        assert text in result.output, text
+    sha = manifest.get("git_sha")
+    assert (sha[:12] if sha else "git unknown") in result.output
+
+
+def test_info_of_a_missing_folder_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: no such folder: {tmp_path / 'nothing'} (pass a spark-hub output folder or a Hub repo id ORG/NAME)"
+
+
+def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
+    from spark_hub import hub
+
+    assert build(tmp_path, "--limit", "1").exit_code == 0
+    repo = unique_repo("info")
+    hub.push(tmp_path / "out", repo, revision="run-1", endpoint=hub_server.endpoint)
+    result = CliRunner().invoke(cli, ["info", repo, "--revision", "run-1", "--hub-endpoint", hub_server.endpoint],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"{repo}@run-1" in result.output and "model: verifier" in result.output and "input: problems" in result.output
+    result = CliRunner().invoke(cli, ["info", repo, "--json", "--revision", "run-1"])
+    assert json.loads(result.stdout)["solutions"] == 2
+
+    result = CliRunner().invoke(cli, ["info", "spark-tester/not-there", "--hub-endpoint", hub_server.endpoint])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
