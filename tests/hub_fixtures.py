@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import secrets
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -85,72 +87,70 @@ DATASET_CONFIG = {
 }
 
 
-def step_rows(n: int = 6) -> list[dict[str, Any]]:
-    return [
-        {
-            "schema_version": "1", "problem_id": f"p{i // 3}", "solution_id": f"p{i // 3}-s{i % 3}",
-            "step_index": i % 3, "step": f"Step {i % 3 + 1}: add {i} and {i + 1}.", "label": i % 4 != 0,
-            "votes_correct": 3 - (i % 4 == 0) * 2, "votes_incorrect": (i % 4 == 0) * 2,
-            "agreement": 1.0 if i % 4 else 2 / 3,
-        }
-        for i in range(n)
-    ]
+_BUILT: Path | None = None
 
 
-def verification_rows(n: int = 9) -> list[dict[str, Any]]:
-    return [
-        {
-            "schema_version": "1", "solution_id": f"p{i // 9}-s{(i // 3) % 3}", "sample": i % 3,
-            "raw": "## Step 1: check\nThis step is correct.\n"
-                   f"Verification: Is the answer correct (Yes/No)? {'Yes' if i % 2 else 'No'}",
-            "step_verdicts": [True, i % 2 == 1], "final_verdict": i % 2 == 1, "parse_status": "ok",
-        }
-        for i in range(n)
-    ]
+def built_dataset() -> Path:
+    """The output folder of a real ``build-dataset`` run (scripted backend, tests/data/scripted),
+    built once per test session; copy it (`make_dataset_folder`), never modify it."""
+    global _BUILT
+    if _BUILT is None:
+        from helpers import scripted_recipe
+        from spark_hub.config import load_build_config
+        from spark_hub.stages import build
+
+        root = Path(tempfile.mkdtemp(prefix="spark-hub-test-built-"))
+        atexit.register(shutil.rmtree, root, True)
+        config = load_build_config(scripted_recipe(root), ["license=apache-2.0"], output_dir=str(root / "out"))
+        build.main(config, progress=False)
+        _BUILT = root / "out"
+    return _BUILT
 
 
-def make_dataset_folder(folder: str | Path, *, repo_id: str | None = None, config: dict | None = None,
-                        uses_references: bool = False) -> Path:
-    """A folder shaped like ``build-dataset`` output: data/, verifications/, config, card, manifest, .spark/."""
-    import datasets
-    import yaml
+def make_dataset_folder(folder: str | Path, *, repo_id: str | None = None,
+                        config_update: dict | None = None) -> Path:
+    """A copy of a real ``build-dataset`` output (`built_dataset`): data/, verifications/, config.yaml,
+    the agreement plot, README.md, manifest.json and local state in .spark/.
 
-    from spark_hub.cards import AGREEMENT_PLOT_NAME, render_dataset_card, write_agreement_plot
-    from spark_hub.io import atomic_write_text, sha256_text
-    from spark_hub.manifest import new_manifest, write_manifest
+    Args:
+        repo_id: render the local card for this repo (as ``build-dataset --hub-repo`` does).
+        config_update: merged into the recorded config (config.yaml and the manifest, which is
+            rewritten with its file table): to test what a config may carry into a push.
+    """
+    from spark_hub.cards import write_card
+    from spark_hub.io import atomic_write_text
+    from spark_hub.manifest import read_manifest, write_manifest
 
     folder = Path(folder)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "verifications").mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(step_rows()).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
-    datasets.Dataset.from_list(verification_rows()).to_parquet(
-        str(folder / "verifications" / "train-00000-of-00001.parquet")
-    )
-    config = dict(config or DATASET_CONFIG)
-    atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    statistics = {
-        "records": 6, "verifications": 9, "parse_failure_rate": 0.0,
-        "label_balance": {"correct": 4 / 6, "incorrect": 2 / 6}, "agreement_by_step": [0.89, 0.89, 1.0],
-    }
-    write_agreement_plot(statistics, folder / AGREEMENT_PLOT_NAME)
-    # Local state that must never be pushed.
-    (folder / ".spark").mkdir(exist_ok=True)
-    (folder / ".spark" / "cache.sqlite").write_bytes(b"SQLite format 3\0local cache")
-    manifest = new_manifest(
-        "dataset", config=config,
-        models={"generator": {"id": config["generator"]["model"], "backend": "scripted", "revision": "main"},
-                "verifier": {"id": config["verifier"]["model"], "backend": "scripted", "fingerprint": "0" * 16}},
-        prompts={"generator": sha256_text("generator prompt"), "verifier": sha256_text("verifier prompt")},
-        seeds={"generate": 42, "verify": 43},
-        inputs={"problems": {"source": "tests/data/problems.jsonl", "sha256": sha256_text("problems"), "rows": 2}},
-        statistics=statistics, uses_references=uses_references, build_key="b" * 16,
-        contamination={"benchmarks": ["math500"], "overlapping_problems": 0},
-    )
-    write_manifest(folder, manifest)
-    from spark_hub.manifest import read_manifest
+    shutil.copytree(built_dataset(), folder)
+    if config_update:
+        import yaml
 
-    atomic_write_text(folder / "README.md", render_dataset_card(read_manifest(folder), repo_id=repo_id))
+        manifest = {k: v for k, v in read_manifest(folder).items() if k != "files"}
+        manifest["config"] = _merge(manifest["config"], config_update)
+        atomic_write_text(folder / "config.yaml", yaml.safe_dump(manifest["config"], sort_keys=False))
+        write_manifest(folder, manifest)
+    write_card(folder, repo_id=repo_id)
     return folder
+
+
+def rewrite_manifest(folder: str | Path, **changes: Any) -> dict:
+    """Rewrite ``folder``'s manifest with ``changes`` and a fresh file table (and its card)."""
+    from spark_hub.cards import write_card
+    from spark_hub.manifest import read_manifest, write_manifest
+
+    manifest = {k: v for k, v in read_manifest(folder).items() if k != "files"}
+    manifest.update(changes)
+    write_manifest(folder, manifest)
+    write_card(folder)
+    return read_manifest(folder)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def make_model_folder(folder: str | Path, *, kind: str = "prm", repo_id: str | None = None,
@@ -159,8 +159,8 @@ def make_model_folder(folder: str | Path, *, kind: str = "prm", repo_id: str | N
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from spark_hub.cards import render_model_card
-    from spark_hub.io import atomic_write_text, sha256_text
+    from spark_hub.cards import write_card
+    from spark_hub.io import sha256_text
     from spark_hub.manifest import new_manifest, read_manifest, write_manifest
 
     folder = Path(folder)
@@ -181,7 +181,7 @@ def make_model_folder(folder: str | Path, *, kind: str = "prm", repo_id: str | N
         },
     )
     write_manifest(folder, manifest)
-    atomic_write_text(folder / "README.md", render_model_card(read_manifest(folder), repo_id=repo_id))
+    write_card(folder, read_manifest(folder), repo_id=repo_id)
     return folder
 
 
@@ -193,9 +193,11 @@ def tree_bytes(folder: str | Path) -> dict[str, bytes]:
 
 __all__ = [
     "DATASET_CONFIG",
+    "built_dataset",
     "hub_server",
     "make_dataset_folder",
     "make_model_folder",
+    "rewrite_manifest",
     "tree_bytes",
     "unique_repo",
 ]

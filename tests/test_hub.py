@@ -19,9 +19,11 @@ from click.testing import CliRunner
 
 from hub_fixtures import (  # noqa: F401 - `hub_server` is a fixture
     DATASET_CONFIG,
+    built_dataset,
     hub_server,
     make_dataset_folder,
     make_model_folder,
+    rewrite_manifest,
     tree_bytes,
     unique_repo,
 )
@@ -114,8 +116,9 @@ def test_push_model_then_download(hub_server, tmp_path, model_template):
     assert hub_server.repo(repo_id).resolve("main").files["model.safetensors"].lfs
     local = hub.download(repo_id, local_dir=tmp_path / "downloaded")
     expected = {k: v for k, v in tree_bytes(folder).items() if not k.startswith(".spark/")}
-    # The card was rendered without a repo id: the pushed copy names the repo.
-    expected["README.md"] = expected["README.md"].replace(cards.REPO_PLACEHOLDER.encode(), repo_id.encode())
+    # The local card was rendered without a repo id; the pushed one is rendered for the repo.
+    assert cards.REPO_PLACEHOLDER.encode() in expected["README.md"]
+    expected["README.md"] = cards.render_card(read_manifest(folder), repo_id=repo_id).encode()
     got = {k: v for k, v in tree_bytes(local).items() if not k.startswith(".cache/") and k != ".gitattributes"}
     assert got == expected, "downloaded files are byte-identical to the pushed folder"
     assert f'load_prm("{repo_id}")' in result.card
@@ -152,28 +155,36 @@ def test_checkpoint_pushes_run_in_background_on_step_branches(hub_server, tmp_pa
 # ------------------------------------------------------------------------------------------------
 # Guards
 # ------------------------------------------------------------------------------------------------
-def test_overwrite_is_refused_then_allowed(hub_server, tmp_path):
+def test_an_identical_push_is_up_to_date_and_a_different_one_needs_overwrite(hub_server, tmp_path):
     repo_id = unique_repo("ds")
     folder = make_dataset_folder(tmp_path / "out", repo_id=repo_id)
-    hub.push(folder, repo_id, revision="run-1")
+    first = hub.push(folder, repo_id, revision="run-1")
 
+    # The same artifact again (e.g. a re-run after a push killed once its commit had landed):
+    # success, nothing committed.
+    again = hub.push(folder, repo_id, revision="run-1")
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--revision", "run-1"])
+    assert again.up_to_date and again.commit_sha == first.commit_sha
+    assert "already up to date" in again.summary() and "\n" not in again.summary()
+    assert cli.exit_code == 0, cli.output
+    assert len(hub_server.history(repo_id, "dataset", "run-1")) == 2, "no new commit"
+
+    # A changed artifact (plot removed) is refused without --overwrite, with one line.
+    (folder / cards.AGREEMENT_PLOT_NAME).unlink()
+    rewrite_manifest(folder)
     with pytest.raises(SparkHubError) as refused:
         hub.push(folder, repo_id, revision="run-1")
     message = str(refused.value)
-    assert "--overwrite" in message and "this exact artifact" in message and "\n" not in message
+    assert "--overwrite" in message and "different spark-hub artifact" in message and "\n" not in message
     cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--revision", "run-1"])
     assert cli.exit_code == 2
     assert cli.stderr.count("\n") == 1 and "--overwrite" in cli.stderr
     assert len(hub_server.history(repo_id, "dataset", "run-1")) == 2
 
-    # A changed artifact (plot removed) replaces the old one, and the stale file goes away.
-    (folder / cards.AGREEMENT_PLOT_NAME).unlink()
-    manifest = {k: v for k, v in read_manifest(folder).items() if k != "files"}
-    (folder / "README.md").unlink()
-    write_manifest(folder, manifest)
+    # ... and replaces the old one with it, the stale file going away.
     result = hub.push(folder, repo_id, revision="run-1", overwrite=True)
 
-    assert result.deleted == [cards.AGREEMENT_PLOT_NAME]
+    assert result.deleted == [cards.AGREEMENT_PLOT_NAME] and not result.up_to_date
     assert len(hub_server.history(repo_id, "dataset", "run-1")) == 3
     remote = hub_server.files(repo_id, "dataset", "run-1")
     assert cards.AGREEMENT_PLOT_NAME not in remote
@@ -181,7 +192,12 @@ def test_overwrite_is_refused_then_allowed(hub_server, tmp_path):
     assert set(hub_server.files(repo_id, "dataset")) == {".gitattributes"}, "main was never touched"
 
 
-def test_dry_run_sends_nothing_and_shows_files_and_card(hub_server, tmp_path, caplog):
+def _writes(server) -> list:
+    """Requests that could change the Hub (everything but reads)."""
+    return [r for r in server.requests if r.method not in ("GET", "HEAD")]
+
+
+def test_dry_run_writes_nothing_and_shows_files_and_card(hub_server, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="spark_hub")
     repo_id = unique_repo("ds")
     folder = make_dataset_folder(tmp_path / "out", repo_id=repo_id)
@@ -190,16 +206,16 @@ def test_dry_run_sends_nothing_and_shows_files_and_card(hub_server, tmp_path, ca
     result = hub.push(folder, repo_id, dry_run=True)
     cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--dry-run", "--revision", "auto"])
 
-    assert hub_server.requests == [], "a dry run makes no request at all"
-    assert result.dry_run and result.commit_sha is None
+    assert _writes(hub_server) == [], "a dry run only reads"
+    assert result.dry_run and result.commit_sha is None and result.remote_checked and result.new_repo
     assert {f.path: f.size for f in result.files} == {p: (folder / p).stat().st_size for p in DATASET_FILES}
     assert cli.exit_code == 0, cli.output
     for text in (result.render(), caplog.text, cli.output):
         assert all(path in text for path in DATASET_FILES)
         assert "config_name: verifications" in text and "## Provenance" in text
-    assert f"revision: {hub.default_revision(DATASET_CONFIG)}" in cli.output
+    assert f"revision: {hub.default_revision(read_manifest(folder)['config'])}" in cli.output
 
-    # A card rendered before the repo was known gets the repo id in the pushed copy only.
+    # The pushed card is rendered for the target repo, whatever the local copy says.
     unnamed = make_dataset_folder(tmp_path / "unnamed")
     assert cards.REPO_PLACEHOLDER in (unnamed / "README.md").read_text()
     plan = hub.push(unnamed, repo_id, dry_run=True)
@@ -212,7 +228,76 @@ def test_dry_run_sends_nothing_and_shows_files_and_card(hub_server, tmp_path, ca
     plan = hub.push(folder, repo_id, dry_run=True)
     assert "README.md" in {f.path for f in plan.files} and plan.card.startswith("---\n")
     assert tree_bytes(folder) == before
+    assert _writes(hub_server) == []
+
+
+def test_dry_run_checks_what_the_push_would_check(hub_server, tmp_path, monkeypatch):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    pushed = hub.push(folder, repo_id)
+    hub_server.clear_log()
+
+    # Already there: the dry run says so.
+    plan = hub.push(folder, repo_id, dry_run=True)
+    assert plan.up_to_date and plan.commit_sha == pushed.commit_sha
+    assert "already up to date" in plan.render() and "already up to date" in plan.summary()
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--dry-run"])
+    assert cli.exit_code == 0 and "already up to date" in cli.output
+
+    # A different artifact on the branch: the dry run refuses like the push would.
+    (folder / cards.AGREEMENT_PLOT_NAME).unlink()
+    rewrite_manifest(folder)
+    with pytest.raises(SparkHubError, match="different spark-hub artifact.*--overwrite"):
+        hub.push(folder, repo_id, dry_run=True)
+    plan = hub.push(folder, repo_id, dry_run=True, overwrite=True)
+    assert plan.deleted == [cards.AGREEMENT_PLOT_NAME] and "to delete on the remote" in plan.render()
+    assert _writes(hub_server) == []
+
+    # No token: refused before any request, by the dry run too.
+    monkeypatch.delenv("HF_TOKEN")
+    hub_server.clear_log()
+    for dry_run in (True, False):
+        with pytest.raises(SparkHubError, match="no Hugging Face token.*HF_TOKEN"):
+            hub.push(folder, repo_id, dry_run=dry_run, overwrite=True)
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--dry-run"])
+    assert cli.exit_code == 2 and cli.stderr.count("\n") == 1 and "no Hugging Face token" in cli.stderr
     assert hub_server.requests == []
+
+
+def test_auto_revision_with_a_tag_checks_everything_before_writing(hub_server, tmp_path):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    first = hub.push(folder, repo_id, tag="v0.1")
+    api = _api(hub_server)
+    auto = hub.default_revision(read_manifest(folder)["config"])
+
+    # The same artifact on a new branch with the same tag: the branch points at the same commit,
+    # the tag is already right, exit 0.
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--revision", "auto", "--tag", "v0.1"])
+    assert cli.exit_code == 0, cli.output
+    refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    assert {b.name: b.target_commit for b in refs.branches} == {"main": first.commit_sha, auto: first.commit_sha}
+    assert hub_server.repo(repo_id, "dataset").tags["v0.1"] == first.commit_sha
+
+    # A different artifact with a tag that is taken: refused before the branch is created.
+    other = make_dataset_folder(tmp_path / "other", config_update={"seed": 7})
+    other_auto = hub.default_revision(read_manifest(other)["config"])
+    assert other_auto != auto
+    hub_server.clear_log()
+    cli = CliRunner().invoke(push_command, [str(other), repo_id, "--revision", "auto", "--tag", "v0.1"])
+    assert cli.exit_code == 2 and "tag 'v0.1' already exists" in cli.stderr and cli.stderr.count("\n") == 1
+    assert _writes(hub_server) == [], "nothing was written"
+    assert other_auto not in {b.name for b in api.list_repo_refs(repo_id, repo_type="dataset").branches}
+
+    # With a fresh tag it goes to its own branch, which holds that artifact only (main's files that
+    # it lacks are removed there), while main keeps its artifact.
+    (other / cards.AGREEMENT_PLOT_NAME).unlink()
+    rewrite_manifest(other)
+    result = hub.push(other, repo_id, revision=other_auto, tag="v0.2")
+    assert result.new_branch and result.deleted == [cards.AGREEMENT_PLOT_NAME]
+    assert set(hub_server.files(repo_id, "dataset", other_auto)) == {f.path for f in result.files} | {".gitattributes"}
+    assert cards.AGREEMENT_PLOT_NAME in hub_server.files(repo_id, "dataset")
+    assert hub_server.repo(repo_id, "dataset").tags["v0.2"] == result.commit_sha
 
 
 def test_push_refuses_a_folder_that_no_longer_matches_its_manifest(hub_server, tmp_path):
@@ -262,7 +347,7 @@ def test_failed_push_leaves_remote_and_local_unchanged(hub_server, tmp_path):
     hub.push(folder, repo_id)
     pushed = hub_server.files(repo_id, "dataset")
     (folder / cards.AGREEMENT_PLOT_NAME).unlink()
-    write_manifest(folder, {k: v for k, v in read_manifest(folder).items() if k != "files"})
+    rewrite_manifest(folder)
     before = tree_bytes(folder)
     hub_server.clear_log()
     hub_server.fail_next(100, status=500, path_contains="/commit/")
@@ -307,7 +392,7 @@ def test_the_token_is_never_written_pushed_or_logged(hub_server, tmp_path, caplo
     assert sent_with_auth > 0, "the token from HF_TOKEN was used (in the Authorization header only)"
 
     # A token that made it into the config is refused, and the error does not repeat it.
-    leaky = make_dataset_folder(tmp_path / "leaky", config={**DATASET_CONFIG, "backend": {"hf_token": token}})
+    leaky = make_dataset_folder(tmp_path / "leaky", config_update={"verifier": {"extra": {"hf_token": token}}})
     with pytest.raises(SparkHubError, match="contains your Hugging Face token") as refused:
         hub.push(leaky, unique_repo("ds"), dry_run=True)
     assert token not in str(refused.value)
@@ -392,26 +477,32 @@ def test_cards_validate_and_round_trip(tmp_path):
     from huggingface_hub import DatasetCard, ModelCard
     from jinja2.exceptions import SecurityError
 
-    folder = make_dataset_folder(tmp_path / "out", uses_references=True)
-    text = cards.render_dataset_card(read_manifest(folder), repo_id="org/spark-demo")
+    folder = make_dataset_folder(tmp_path / "out")
+    built = read_manifest(folder)
+    manifest = {**built, "uses_references": True,
+                "contamination": {"benchmarks": ["math500"], "overlapping_problems": 0}}
+    text = cards.render_dataset_card(manifest, repo_id="org/spark-demo")
     card = DatasetCard(text)
     data = card.data.to_dict()
     assert data["license"] == "apache-2.0"
     assert set(cards.DATASET_TAGS) <= set(data["tags"]) and "text-generation" in data["task_categories"]
+    assert data["annotations_creators"] == ["machine-generated"]
     assert data["configs"] == [
         {"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]},
         {"config_name": "verifications", "data_files": [{"split": "train", "path": "verifications/*.parquet"}]},
     ]
     assert yaml.safe_load(text.split("---\n")[1]) == yaml.safe_load(card.data.to_yaml())
     assert DatasetCard(str(card)).data.to_dict() == data
-    prompt_hash = read_manifest(folder)["prompts"]["verifier"]
-    for expected in ("2512.03244", "Rahman", "Qwen/Qwen3-32B", "0" * 16, prompt_hash,
-                     'load_dataset("org/spark-demo", "verifications"', "Labels used references",
-                     "Contamination report", f"![Mean per-step agreement]({cards.AGREEMENT_PLOT_NAME})"):
+    prompt_hash = manifest["prompts"]["verifier"]
+    for expected in ("2512.03244", "Rahman", "scripted:verifier.jsonl", manifest["models"]["verifier"]["fingerprint"],
+                     prompt_hash, 'load_dataset("org/spark-demo", "verifications"', "Labels used references",
+                     "Contamination report", f"![Mean per-step agreement]({cards.AGREEMENT_PLOT_NAME})",
+                     "one row per solution", "## Data fields", "| `labels` |", "| `raw_text` |"):
         assert expected in card.text, expected
+    assert "one row per labelled solution step" not in card.text
 
     # Rendered before the manifest has its file table (as build-dataset does): same configs.
-    no_files = {k: v for k, v in read_manifest(folder).items() if k != "files"}
+    no_files = {k: v for k, v in manifest.items() if k != "files"}
     early = DatasetCard(cards.render_dataset_card(no_files, agreement_plot="agreement.png"))
     assert early.data.to_dict()["configs"] == data["configs"]
     assert "![Mean per-step agreement](agreement.png)" in early.text
@@ -431,8 +522,7 @@ def test_cards_validate_and_round_trip(tmp_path):
     }
     assert ModelCard(str(model)).data.to_dict() == model.data.to_dict()
     assert "sk-secret-value" not in model_text and "<redacted>" in model_text
-    assert "Labels used references" not in cards.render_dataset_card(
-        read_manifest(make_dataset_folder(tmp_path / "clean")))
+    assert "Labels used references" not in cards.render_dataset_card(built)
 
     policy_manifest = new_manifest("policy", config={}, models={"reward_model": {"id": "org/spark-prm"}})
     policy = ModelCard(cards.render_card(policy_manifest))
@@ -446,6 +536,54 @@ def test_agreement_plot(tmp_path):
     path = cards.write_agreement_plot({"agreement_by_step": [0.9, None, 0.7]}, tmp_path / "a" / "plot.png")
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert cards.write_agreement_plot({}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    for steps in (1, 3, 12, 60):  # the title fits in the image, however few steps there are
+        fig = cards.agreement_figure({"agreement_by_step": [0.5] * steps})
+        fig.canvas.draw()
+        title = fig.axes[0].title
+        box = title.get_window_extent(fig.canvas.get_renderer())
+        assert title.get_text() == cards.PLOT_TITLE
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (steps, box)
+
+
+def test_cards_redact_secrets_by_value_and_exact_key_and_hide_local_paths(tmp_path, monkeypatch):
+    token = "hf_cardsecret" + "x" * 20
+    monkeypatch.setenv("HF_TOKEN", token)
+    folder = make_dataset_folder(tmp_path / "out", config_update={
+        "verifier": {"extra": {"api_key": "sk-by-key-0123456789", "password": "pw-by-key-0123",
+                               "header": f"Bearer {token}"}},
+    })
+    manifest = read_manifest(folder)
+    manifest["models"]["verifier"] = {**manifest["models"]["verifier"], "id": "embedded",
+                                      "source": str(tmp_path / "site-packages" / "smollm2.gguf")}
+    text = cards.render_dataset_card(manifest, repo_id="org/spark-demo")
+
+    config_yaml = text.split("```yaml\n")[1].split("```")[0]
+    assert "max_tokens: 512" in config_yaml, "max_tokens is not a secret"
+    assert "api_key_env: OPENAI_API_KEY" in config_yaml
+    assert "api_key: <redacted>" in config_yaml and "password: <redacted>" in config_yaml
+    assert "header: Bearer <redacted>" in config_yaml, "a known token is redacted by value, whatever the key"
+    for secret in (token, "sk-by-key-0123456789", "pw-by-key-0123"):
+        assert secret not in text
+    # No absolute local path: the build ran under a temporary folder.
+    assert str(built_dataset().parent) not in text and str(tmp_path) not in text
+    assert "problems: problems_small.jsonl" in config_yaml
+    # The bundled model is named by the repo it comes from.
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in text and "| embedded |" not in text
+    assert DatasetCard_from(text).data.to_dict().get("source_datasets") is None
+    declared = {**manifest, "config": {**manifest["config"], "source_datasets": ["openai/gsm8k"]}}
+    assert DatasetCard_from(cards.render_dataset_card(declared)).data.to_dict()["source_datasets"] == ["openai/gsm8k"]
+
+    # The pushed card goes through the same filter (a folder holding the token is refused anyway).
+    keyed = make_dataset_folder(tmp_path / "keyed", config_update={"verifier": {"extra": {"api_key": "sk-0123456789"}}})
+    plan, _ = hub.plan_push(keyed, "org/spark-demo", token=token)
+    assert "api_key: <redacted>" in plan.card and "sk-0123456789" not in plan.card
+    assert "max_tokens: 512" in plan.card and str(tmp_path) not in plan.card
+
+
+def DatasetCard_from(text):  # noqa: N802 - reads like the class it wraps
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard(text)
 
 
 def test_cli_push(hub_server, tmp_path):

@@ -1,5 +1,6 @@
 """build-dataset and the Hub together: --push, problems from a Hub dataset, download."""
 
+import hashlib
 import json
 
 import datasets
@@ -9,7 +10,12 @@ from huggingface_hub import HfApi
 from helpers import read_rows, scripted_recipe
 from hub_fixtures import hub_server, unique_repo  # noqa: F401
 from spark_hub.cli import cli
+from spark_hub.cards import render_card
 from spark_hub.hub import download
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_build_push_load_dataset_round_trip(tmp_path, hub_server):  # noqa: F811
@@ -29,14 +35,24 @@ def test_build_push_load_dataset_round_trip(tmp_path, hub_server):  # noqa: F811
     assert "manifest.json" in files and not any(f.startswith(".spark") for f in files)
     assert hub_server.token not in (out / "manifest.json").read_text()
 
-    # the same build pushed again is refused without --overwrite, and nothing changes remotely
+    # the pushed card is rendered from the manifest, which does not list it; every file it lists is
+    # on the Hub byte for byte
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "README.md" not in manifest["files"]
+    remote = hub_server.files(repo, "dataset")
+    assert {path: sha256_bytes(remote[path]) for path in manifest["files"]} == {
+        path: entry["sha256"] for path, entry in manifest["files"].items()}
+    assert remote["README.md"].decode() == render_card(manifest, repo_id=repo)
+
+    # the same build pushed again is already up to date: exit 0, nothing changes remotely
     before = HfApi(endpoint=hub_server.endpoint).dataset_info(repo).sha
     again = CliRunner().invoke(cli, [
         "build-dataset", "--config", str(scripted_recipe(tmp_path)), "--output-dir", str(out), "--no-progress",
         "--push", "--hub-repo", repo,
     ])
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert again.exit_code == 0, again.output
     assert HfApi(endpoint=hub_server.endpoint).dataset_info(repo).sha == before
+    assert len(hub_server.history(repo, "dataset")) == 2
 
     # download() gives back the artifact with its manifest
     local = download(repo, repo_type="dataset", local_dir=tmp_path / "dl")
