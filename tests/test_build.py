@@ -1,6 +1,8 @@
 """Stage I end to end on the scripted backend: golden outputs, resume, cache key, re-runs."""
 
+import hashlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -199,3 +201,76 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     assert project(read_rows(out), GOLDEN_RECORDS) == GOLDEN_RECORDS
     # no temp or partial files are left in the artifact
     assert not [p for p in out.rglob("*.tmp")]
+
+
+# ----------------------------------------------------------------------------- label quality warnings
+
+
+def test_build_that_labels_nothing_warns_with_what_to_try(tmp_path, caplog):
+    recipe = scripted_recipe(tmp_path)
+    chatty = tmp_path / "chatty.jsonl"
+    chatty.write_text(json.dumps({"completions": ["The solution looks fine to me."]}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="spark_hub"):
+        result = run(recipe, tmp_path / "out", f"verifier.model={chatty}")
+    stats = result.statistics
+    assert stats["records_labelled"] == 0 and stats["verification_status"] == {"no_steps": 15}
+    warning = stats["warnings"][0]
+    assert "only 0 of 6 solution(s) labelled; 15 of 15 verification(s) did not parse (no_steps 15)" in warning
+    assert "--set verifier.constrained=true" in warning and "another verifier" in warning
+    assert warning in caplog.text
+    assert result.manifest["statistics"]["warnings"] == [warning]
+
+
+def test_constrained_build_does_not_suggest_constraining(tmp_path):
+    from spark_hub.stages.stats import labelling_warning
+
+    stats = {"records": 8, "records_labelled": 1, "verifications": 32, "verification_status": {"ok": 1, "no_steps": 31}}
+    assert "constrained" not in labelling_warning(stats, constrained=True)
+    assert "--set verifier.constrained=true" in labelling_warning(stats)
+    assert labelling_warning({**stats, "records_labelled": 8, "verification_status": {"ok": 32}}) is None
+
+
+def test_agreement_comes_with_its_vote_counts(tmp_path):
+    result = run(scripted_recipe(tmp_path), tmp_path / "out")
+    steps = [(c + i, a) for r in read_rows(tmp_path / "out") if r["labels"] is not None
+             for c, i, a in zip(r["votes_correct"], r["votes_incorrect"], r["agreement"]) if a is not None]
+    stats = result.statistics
+    assert stats["mean_votes_per_step"] == round(sum(v for v, _ in steps) / len(steps), 4)
+    assert stats["single_vote_steps"] == sum(v == 1 for v, _ in steps)
+    assert stats["warnings"] == []
+    # one vote per step: agreement 1.0 says nothing, and the statistics show why
+    single = run(scripted_recipe(tmp_path), tmp_path / "single", "verifier.n=1").statistics
+    assert single["mean_step_agreement"] == 1.0
+    assert single["mean_votes_per_step"] == 1.0 and single["single_vote_steps"] == single["steps_labelled"]
+
+
+def test_backend_errors_name_the_role(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n")
+    with pytest.raises(SparkHubError, match=r"broken.jsonl:1: verifier: invalid JSON"):
+        run(scripted_recipe(tmp_path), tmp_path / "out", f"verifier.model={broken}")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_reads_the_tokenizer_of_the_converted_folder(tmp_path, monkeypatch):
+    """A GGUF already converted is not parsed again: the plan counts with the converted tokenizer."""
+    from tiny_models import make_tiny_tokenizer
+
+    from spark_hub.stages.plan import dry_run
+
+    monkeypatch.setenv("SPARK_HUB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model-Q4_1.gguf"
+    gguf.write_bytes(b"GGUF but not really: parsing this file fails")
+    sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    folder = tmp_path / "cache" / "models" / f"model-Q4_1-{sha[:12]}"
+    make_tiny_tokenizer().save_pretrained(folder)
+    (folder / "spark_hub_source.json").write_text(json.dumps({"gguf_file": gguf.name, "gguf_sha256": sha}))
+    config = load_build_config(scripted_recipe(tmp_path), ["verifier.backend=transformers", f"verifier.model={gguf}"],
+                               output_dir=str(tmp_path / "out"), limit=2)
+    plan = dry_run(config)
+    assert plan["estimates"]["prompt_tokens"] == "tokenizer"
+    assert plan["limit"] == 2 and plan["problems"] == 2
+    assert not (tmp_path / "out").exists()

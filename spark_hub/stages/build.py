@@ -236,13 +236,23 @@ def _engine_free(config) -> dict[str, Any]:
     return d
 
 
+def _load_role(role: str, role_config) -> Any:
+    """`load_backend` for one role; a user error names the role."""
+    try:
+        return load_backend(role_config.backend_config())
+    except SparkHubError as e:
+        if e.message.startswith(f"{role}"):
+            raise
+        raise SparkHubError(f"{role}: {e.message}", where=e.where, hint=e.hint) from None
+
+
 def load_backends(config: BuildConfig, *, need_generator: bool):
     """The verifier backend and, when needed, the generator backend (one instance if identical)."""
-    verifier = load_backend(config.verifier.backend_config())
+    verifier = _load_role("verifier", config.verifier)
     generator = None
     if need_generator:
         same = _engine_free(config.generator) == _engine_free(config.verifier)
-        generator = verifier if same else load_backend(config.generator.backend_config())
+        generator = verifier if same else _load_role("generator", config.generator)
     return generator, verifier
 
 

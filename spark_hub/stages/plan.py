@@ -72,15 +72,36 @@ class TokenCounter:
         return math.ceil(len(text) / 4)
 
 
+def converted_folder(gguf: Path) -> Path | None:
+    """The folder a GGUF file was already converted into (`spark_hub.backends.models.convert_gguf`),
+    or None when it has not been converted yet. Nothing is converted here."""
+    from spark_hub.backends import models
+
+    sha = models.sha256_file(str(gguf))
+    stem = gguf.name[: -len(".gguf")]
+    if stem.startswith(models.EMBEDDED_NAME):
+        stem = models.EMBEDDED_NAME
+    folder = Path(models.cache_root()) / "models" / f"{stem}-{sha[:12]}"
+    try:
+        source = json.loads((folder / models.SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return folder if isinstance(source, dict) and source.get("gguf_sha256") == sha else None
+
+
 def _load_tokenizer(role: RoleConfig):
     from transformers import AutoTokenizer
 
-    if role.model == "embedded":
-        from spark_hub.backends.transformers_ import find_embedded_gguf
-
-        gguf = Path(find_embedded_gguf())
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     path = Path(role.model).expanduser()
+    if role.model == "embedded" or (path.suffix == ".gguf" and path.is_file()):
+        if role.model == "embedded":
+            from spark_hub.backends.models import find_embedded_gguf
+
+            path = Path(find_embedded_gguf())
+        folder = converted_folder(path)
+        if folder is not None:  # the converted folder's tokenizer: no GGUF parsing (tens of seconds)
+            return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     if path.is_dir():
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=role.trust_remote_code)
     return AutoTokenizer.from_pretrained(role.model, revision=role.revision, local_files_only=True,
@@ -208,6 +229,7 @@ def dry_run(config: BuildConfig, *, throughput: float | None = None) -> dict[str
     plan = {
         "problems": n_problems,
         "problems_known": problems_known,
+        "limit": config.limit,
         "method": method,
         "uses_references": config.uses_references,
         "m": m if given is None else None,
