@@ -12,9 +12,13 @@ says everything needed to score with it. Three kinds:
   goes into the variant's prompt; the model WRITES its verdicts (``orm``: Yes/No; ``prm``:
   ``Step k: Correct|Incorrect`` lines + the final line; ``prm_cot``: the verifier's analysis per
   step). Text comes from any spark-hub backend (transformers, vllm, openai), one ``generate`` call
-  per `PRM.score_batch`. Per-step P(correct) is read from the logprob of the verdict token when
-  the backend returns logprobs (``p`` when it wrote "correct", ``1 - p`` when it wrote "incorrect";
-  exact when the two verdicts are the only choices, an approximation otherwise); else it is None.
+  per `PRM.score_batch`. Per-step P(correct) is read from the logprobs of the tokens of the verdict
+  word when the backend returns logprobs (``p`` when it wrote "correct", ``1 - p`` when it wrote
+  "incorrect"; exact when the two verdicts are the only choices, an approximation otherwise, since
+  other wordings are ignored); else it is None.
+  A ``prm_cot`` spec with ``generation.constrained: true`` decodes in the verifier format
+  (`spark_hub.constrained`): one block per step, always parseable, and the verdict is a choice
+  between exactly two tokens, so its probability is exact.
 - ``step_separator``: the Qwen2.5-Math-PRM convention. The steps are the assistant turn of a chat,
   each followed by a separator token (``<extra_0>``); a two-class head on the last hidden states is
   softmaxed at each separator and the positive class is P(correct). Upstream loads this with remote
@@ -198,6 +202,9 @@ def validate_spec(spec: Any, *, where: str = SPEC_NAME) -> dict[str, Any]:
         for placeholder in ("{problem}", "{solution}"):
             if placeholder not in prompt["template"]:
                 raise SparkHubError(f"prompt.template has no {placeholder} placeholder", where=where)
+        if spec["generation"].get("constrained") and spec["variant"] != "prm_cot":
+            raise SparkHubError("generation.constrained is only defined for the prm_cot variant (the verifier format)",
+                                where=where)
         if spec["verdicts"]["reader"] != spec["variant"]:
             raise SparkHubError(
                 f"verdicts.reader {spec['verdicts']['reader']!r} does not match variant {spec['variant']!r}",
@@ -401,6 +408,12 @@ class GenerativePRM(PRM):
                                     "max_tokens": gen["max_tokens"], "seed": gen["seed"]}
         if "logprobs" in self._request_fields:
             sampling["logprobs"] = True
+        if gen.get("constrained") and steps:
+            if "constraint" not in self._request_fields:
+                raise SparkHubError("generation.constrained needs a spark-hub with constrained decoding")
+            from spark_hub.constrained import verification_constraint
+
+            sampling["constraint"] = verification_constraint(len(steps))
         return GenerationRequest.from_chat(self.messages(problem, steps, final_answer), **sampling)
 
     def score_batch(self, items: Iterable[Any]) -> list[StepScores]:
@@ -437,22 +450,30 @@ class GenerativePRM(PRM):
 
 
 def _verdict_prob(completion: Any, position: int | None, verdict: bool | None) -> float | None:
-    """P(positive verdict) from the logprob of the token where the verdict word starts."""
+    """P(positive verdict) from the logprobs of the tokens that spell the verdict word.
+
+    The span is the word at ``position`` plus the spaces just before it (tokenizers often put the
+    space in its own token, and that token is where " correct" and " incorrect" part ways). Its
+    probability is the product of the token probabilities; P(correct) is that for a positive
+    verdict and its complement otherwise.
+    """
     if completion is None or position is None or verdict is None:
         return None
+    text = getattr(completion, "text", None) or ""
     logprobs = getattr(completion, "logprobs", None)
     offsets = getattr(completion, "token_offsets", None)
-    if not logprobs or not offsets or len(offsets) != len(logprobs):
+    if not logprobs or not offsets or len(offsets) != len(logprobs) or position >= len(text):
         return None
-    index = None
-    for i, start in enumerate(offsets):  # the last token starting at or before the verdict word
-        if start <= position:
-            index = i
-        else:
-            break
-    if index is None:
+    start, end = position, position
+    while start > 0 and text[start - 1] in " \t":
+        start -= 1
+    while end < len(text) and text[end].isalpha():
+        end += 1
+    ends = list(offsets[1:]) + [len(text)]
+    tokens = [i for i, (s, e) in enumerate(zip(offsets, ends)) if s < end and e > start]
+    if not tokens:
         return None
-    p = min(1.0, max(0.0, math.exp(logprobs[index])))
+    p = min(1.0, max(0.0, math.exp(sum(logprobs[i] for i in tokens))))
     return p if verdict else 1.0 - p
 
 

@@ -437,3 +437,37 @@ def test_load_prm_refuses_an_artifact_that_is_not_a_prm(tmp_path):
     folder = _generative_prm_folder(tmp_path / "ds", kind="dataset")
     with pytest.raises(SparkHubError, match="'dataset' artifact, not a PRM"):
         load_prm(folder)
+
+
+def test_constrained_prm_cot_on_a_tiny_model_gives_exact_step_probabilities(tmp_path):
+    """A random model decoded in the verifier format always parses; verdict probabilities are exact."""
+    from tiny_models import make_tiny_model
+
+    from spark_hub.backends.base import GenerationRequest
+
+    if "constraint" not in {f.name for f in __import__("dataclasses").fields(GenerationRequest)}:
+        pytest.skip("no constrained decoding in this checkout")
+    folder = Path(make_tiny_model(tmp_path / "tiny"))
+    write_spec(folder, generative_spec("prm_cot", generation={"max_tokens": 160, "constrained": True}))
+    prm = load_prm(folder, batch_size=8)
+    results = prm.score_batch([(PROBLEM, STEPS), (PROBLEM, STEPS[:1])])
+    assert prm.calls == 1
+    for s, n in zip(results, (3, 1)):
+        assert s.status == "ok", s.text
+        assert len(s.step_probs) == n and all(p is not None and 0 < p < 1 for p in s.step_probs)
+        # greedy decoding picks the likelier branch: the verdict agrees with its probability
+        assert s.step_verdicts == [p >= 0.5 for p in s.step_probs]
+        assert s.final_prob is not None and s.final_verdict == (s.final_prob >= 0.5)
+        assert s.solution_score == pytest.approx(min(s.step_probs))
+    with pytest.raises(SparkHubError, match="only defined for the prm_cot"):
+        generative_spec("prm", generation={"constrained": True})
+
+
+def test_verdict_probability_spans_every_token_of_the_word(tmp_path):
+    """" Incorrect" as " " + "In" + "correct": P(incorrect) is the product, P(correct) its complement."""
+    split = _completion([("Step 1:", -0.1), (" ", math.log(0.5)), ("In", math.log(0.6)), ("correct", 0.0),
+                         ("\nVerification: Is the answer correct (Yes/No)?", 0.0), (" ", 0.0), ("No", math.log(0.9))])
+    prm = load_prm(_prm_folder(tmp_path, generative_spec("prm")), backend=FakeBackend([split]))
+    s = prm.score(PROBLEM, STEPS[:1])
+    assert s.step_verdicts == [False] and s.step_probs == pytest.approx([1 - 0.5 * 0.6])
+    assert s.final_prob == pytest.approx(0.1)
