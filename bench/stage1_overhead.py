@@ -6,6 +6,14 @@ the finished build and prints its cost as a ratio of the first run.
 Targets: >= 20,000 verifications/s, flat memory, re-run < 2% of the first run.
 
     python bench/stage1_overhead.py [--sizes 1000 10000 100000] [--n 8] [--m 4]
+
+``--realistic`` (issue 8 §7): texts the size the paper's verifier writes (12-step solutions, ~2 KB
+verifications, N=16; default sizes 16k and 80k), built through the real CLI (``python -m
+spark_hub.cli build-dataset`` in a fresh process). Prints in one run: end-to-end CLI verifications/s,
+the bare `parse_verification` rate on the same texts, their ratio (target >= 0.5), peak RSS of the
+CLI process, and re-run/first (target < 2%).
+
+    python bench/stage1_overhead.py --realistic [--sizes 16000 80000]
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -92,17 +101,160 @@ def run_child(folder: Path, out: Path, m: int, n: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ----------------------------------------------------------------------------- realistic texts
+
+TITLES = ["Setting up the equation", "Computing the total cost", "Simplifying the expression", "Checking the units",
+          "Substituting the values", "Dividing by the number of groups", "Finding the remainder", "Adding the parts",
+          "Multiplying the rate by time", "Comparing the two quantities", "Solving for x", "Stating the final answer"]
+ANALYSIS = [
+    "The student multiplies {a} by {b} and writes {c}. Recomputing: {a} \\times {b} = {c}, which matches.",
+    "In this step the student uses the result of the previous step, {a}, and adds {b} to get {c}. This is "
+    "consistent with the problem statement.",
+    "We need to check whether the quantity of {a} items at ${b} each is handled correctly: $ {a} \\cdot {b} = {c} $. "
+    "The arithmetic is right and the reasoning follows.",
+    "The student claims that {c} / {b} = {a}. Verifying, {b} \\times {a} = {c}, so the division is correct; nothing "
+    "is missing from this step.",
+    "Here the step restates the given information ({a} hours at {b} miles per hour) and derives a distance of {c} "
+    "miles, which is what the formula d = rt gives.",
+]
+
+
+def realistic_solution(rng: random.Random, n_steps: int = 12) -> str:
+    lines = []
+    for k in range(1, n_steps + 1):
+        a, b = rng.randint(2, 90), rng.randint(2, 40)
+        lines.append(f"Step {k}: {rng.choice(TITLES)}: we have {a} and {b}, so {a} * {b} = {a * b}.")
+    return "\n".join(lines) + f"\nAnswer: {rng.randint(10, 999)}"
+
+
+def realistic_verification(rng: random.Random, n_steps: int, wrong=(), final: bool | None = True,
+                           think: bool = False, target_chars: int = 2048) -> str:
+    """``## Step k`` blocks of analysis and a bold verdict, then the final line (~``target_chars``)."""
+    per_block = target_chars // n_steps
+    blocks = []
+    for k in range(1, n_steps + 1):
+        a, b = rng.randint(2, 90), rng.randint(2, 40)
+        body = ""
+        while len(body) < per_block:
+            body += rng.choice(ANALYSIS).format(a=a, b=b, c=a * b) + " "
+        body = body[: body.rfind(" ", 0, per_block - 65)]  # header and verdict lines take the rest
+        verdict = "incorrect" if k in wrong else "correct"
+        blocks.append(f"## Step {k}: {rng.choice(TITLES)}\n{body.strip()}\n**This step is {verdict}.**")
+    text = "\n\n".join(blocks)
+    if final is not None:
+        text += f"\n\nVerification: Is the answer correct (Yes/No)? {'Yes' if final else 'No'}"
+    if think:
+        text = "<think>\nLet me check each step carefully before writing the verification.\n</think>\n\n" + text
+    return text
+
+
+def realistic_verifications(n: int = 16, n_steps: int = 12, seed: int = 0) -> list[str]:
+    """N verifier outputs: mostly complete, some with a wrong step, a few malformed (as models write)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = i % 8
+        if kind == 5:  # one block short: step_count_mismatch
+            out.append(realistic_verification(rng, n_steps - 1))
+        elif kind == 6:  # truncated: no final verdict
+            out.append(realistic_verification(rng, n_steps, final=None))
+        elif kind == 7 and i >= 8:  # unparsable
+            out.append("I am not sure about this solution. " * 40)
+        else:
+            wrong = {rng.randint(1, n_steps)} if kind in (1, 3) else ()
+            out.append(realistic_verification(rng, n_steps, wrong=wrong, final=not wrong, think=kind == 2))
+    return out
+
+
+def write_realistic_inputs(folder: Path, problems: int, m: int, n: int) -> Path:
+    rng = random.Random(1)
+    rows = [json.loads(line) for line in open(SHARED)] if SHARED.exists() else []
+    with open(folder / "problems.jsonl", "w") as f:
+        for i in range(problems):
+            text = rows[i % len(rows)]["problem"] if rows else f"What is {i} + {i}?"
+            f.write(json.dumps({"id": f"p{i}", "problem": f"{text} (variant {i})", "answer": "1"}) + "\n")
+    (folder / "gen.jsonl").write_text(json.dumps({"completions": [realistic_solution(rng) for _ in range(m)]}) + "\n")
+    (folder / "ver.jsonl").write_text(json.dumps({"completions": realistic_verifications(n)}) + "\n")
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(
+        f"problems: problems.jsonl\n"
+        f"generator: {{backend: scripted, model: gen.jsonl, n: {m}, batch_size: 256}}\n"
+        f"verifier: {{backend: scripted, model: ver.jsonl, n: {n}, batch_size: 256}}\n"
+        f"chunk_size: 256\n")
+    return recipe
+
+
+def bare_parse_rate(texts: list[str], n_steps: int = 12, parses: int = 32000) -> float:
+    """`parse_verification` calls per second on ``texts`` (best of 3, this process)."""
+    from spark_hub.parsing import parse_verification
+
+    work = (texts * (parses // len(texts) + 1))[:parses]
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for text in work:
+            parse_verification(text, n_steps)
+        best = min(best, time.perf_counter() - t0)
+    return len(work) / best
+
+
+def run_cli(recipe: Path, out: Path) -> tuple[float, float]:
+    """Run ``spark-hub build-dataset`` in a fresh process: ``(wall seconds, peak RSS MiB)``."""
+    cmd = [sys.executable, "-m", "spark_hub.cli", "build-dataset", "--config", str(recipe),
+           "--output-dir", str(out), "--no-progress", "--quiet"]
+    env = {**os.environ, "SPARK_HUB_NO_PROGRESS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=recipe.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"build-dataset failed ({proc.returncode}):\n{output.decode(errors='replace')[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def realistic(sizes: list[int], m: int, n: int) -> None:
+    texts = realistic_verifications(n)
+    mean_kb = sum(len(t) for t in texts) / len(texts) / 1024
+    parse_rate = bare_parse_rate(texts)
+    print(f"Stage I through the CLI on realistic texts: 12-step solutions, verifications ~{mean_kb:.1f} KB, "
+          f"M={m}, N={n}, scripted backend")
+    print(f"bare parse rate (parse_verification, same texts, one process): {parse_rate:,.0f}/s")
+    print(f"{'verifications':>14} {'CLI s':>8} {'CLI verif/s':>12} {'ratio to parse':>15} {'peak RSS MiB':>13} "
+          f"{'re-run s':>9} {'re-run/first':>13}")
+    for size in sizes:
+        problems = max(1, round(size / (m * n)))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            recipe = write_realistic_inputs(folder, problems, m, n)
+            first, rss = run_cli(recipe, folder / "out")
+            again, _ = run_cli(recipe, folder / "out")
+            verifications = json.loads((folder / "out" / "manifest.json").read_text())["statistics"]["verifications"]
+            rate = verifications / first
+            print(f"{verifications:>14,} {first:>8.1f} {rate:>12,.0f} {rate / parse_rate:>15.2f} {rss:>13.0f} "
+                  f"{again:>9.2f} {again / first:>12.2%}", flush=True)
+    print("targets: CLI >= 0.5x the bare parse rate, re-run < 2% of the first run, flat peak RSS")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--sizes", type=int, nargs="+", help="verifications per build "
+                        "(default 1000 10000 100000; with --realistic 16000 80000)")
     parser.add_argument("--m", type=int, default=4, help="solutions per problem")
-    parser.add_argument("--n", type=int, default=8, help="verifications per solution")
+    parser.add_argument("--n", type=int, help="verifications per solution (default 8; with --realistic 16)")
+    parser.add_argument("--realistic", action="store_true", help="paper-sized texts through the CLI (see above)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         folder, out, m, n = args.child
         child(folder, out, int(m), int(n))
         return
+    if args.realistic:
+        realistic(args.sizes or [16000, 80000], args.m, args.n or 16)
+        return
+    args.sizes = args.sizes or [1000, 10000, 100000]
+    args.n = args.n or 8
 
     print(f"Stage I overhead, scripted backend, M={args.m}, N={args.n}")
     print("verif/s: whole build (inputs, cache, parse, aggregate, validate, Parquet, card, plot, manifest);")

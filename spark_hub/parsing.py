@@ -20,6 +20,8 @@ _BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 # Verifier side. These patterns run on the lower-cased text (faster than IGNORECASE).
 _THINK_CLOSED_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 # Matched against "\n" + text: a literal first character lets `re` scan fast (no MULTILINE "^").
+# (Measured on 12-step ~2 KB verifications: these two scans beat one combined "step" scan with a
+# Python check per match, 24 vs 32 us per parse, because prose mentions "step" often.)
 _VSTEP_RE = re.compile(r"\n[ \t]*(?:#{1,6}[ \t]*(?:\*\*)?|\*\*)[ \t]*step[ \t]*(\d+)\b")
 _VERDICT_RE = re.compile(r"this[ \t]+step[ \t]+is[ \t]+(?:\*\*)?[ \t]*(correct|incorrect|wrong|right)\b")
 _FINAL_PHRASE = "answer correct"
@@ -208,10 +210,17 @@ def parse_verification(text: str, expected_steps: int | None = None) -> ParsedVe
     ``missing_step_verdict`` (a block without a verdict); ``step_count_mismatch`` (number of
     blocks != ``expected_steps``); else ``ok``. What was parsed is kept whatever the status.
     """
-    clean = strip_think(text or "")
+    text = text or ""
+    lower = text.lower()
+    if "think>" in lower:
+        clean = strip_think(text)
+        lower = clean.lower()
+    else:  # the common case: no think block, one lower() for the whole parse
+        clean = text.strip()
+        lower = lower.strip()
     if not clean:
         return ParsedVerification(text=clean, status=EMPTY)
-    lower = "\n" + clean.lower()
+    lower = "\n" + lower
     final = _final_verdict(lower)
     starts = [m.start() for m in _VSTEP_RE.finditer(lower)]
     verdicts: list[bool | None] = [None] * len(starts)
