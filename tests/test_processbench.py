@@ -297,3 +297,27 @@ def test_generative_prm_through_the_scripted_backend_on_shared_splits(tmp_path):
     metrics = pb.compute_metrics(data, predictions)
     for m in metrics["splits"].values():
         assert m["n_correct"] == 15 and m["acc_correct"] == 100.0 and 0 < m["acc_error"] < 100
+
+
+@needs_shared
+def test_run_with_a_predictions_file_writes_results_plot_and_manifest(tmp_path):
+    data = pb.load_processbench(SHARED_PB)
+    preds = tmp_path / "preds.jsonl"
+    pb.write_predictions(preds, {c.id: (c.label if _right_half(c) else -1) for c in data.cases()})
+    out = tmp_path / "eval" / "processbench.json"
+    results = pb.run(SHARED_PB, predictions=preds, splits=["gsm8k"], output=out)
+    assert json.loads(out.read_text())["splits"]["gsm8k"]["f1"] == pytest.approx(results["splits"]["gsm8k"]["f1"])
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert results["scorer"]["kind"] == "predictions" and list(results["splits"]) == ["gsm8k"]
+    with pytest.raises(SparkHubError, match="exactly one"):
+        pb.run(SHARED_PB, predictions=preds, critic=object())
+
+    from spark_hub.manifest import new_manifest, read_manifest, write_manifest
+
+    folder = tmp_path / "prm"
+    folder.mkdir()
+    write_manifest(folder, new_manifest("prm", config={}))
+    pb.record_results(folder, results)
+    section = read_manifest(folder)["results"]["processbench"]
+    assert section["gsm8k"]["f1"] == round(results["splits"]["gsm8k"]["f1"], 1)
+    assert section["average"] == round(results["average_f1"], 1)

@@ -568,6 +568,112 @@ def plot_results(results: Mapping[str, Any], path: str | Path, *, title: str | N
     return path
 
 
+def manifest_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``results["processbench"]`` section of a PRM manifest (what its card's model-index reads):
+    ``{split: {"f1", "acc_error", "acc_correct", "n"}, "average": mean F1}``, one decimal."""
+
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    section: dict[str, Any] = {
+        split: {"f1": r(m["f1"]), "acc_error": r(m["acc_error"]), "acc_correct": r(m["acc_correct"]), "n": m["n"]}
+        for split, m in results["splits"].items()
+    }
+    section["average"] = r(results.get("average_f1"))
+    return section
+
+
+def record_results(folder: str | Path, results: Mapping[str, Any]) -> Path:
+    """Write the ProcessBench results into the ``manifest.json`` of a PRM folder (file table refreshed),
+    so that its card shows them (``model-index``) on the next push."""
+    from spark_hub.manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "prm":
+        raise SparkHubError(f"{folder} holds a {manifest.get('kind')!r} artifact, not a PRM",
+                            hint="record ProcessBench results into a PRM folder")
+    manifest = {k: v for k, v in manifest.items() if k != "files"}
+    manifest["results"] = {**(manifest.get("results") or {}), "processbench": manifest_results(results)}
+    return write_manifest(folder, manifest)
+
+
+def run(
+    data_dir: str | Path,
+    *,
+    prm: Any = None,
+    critic: Any = None,
+    predictions: str | Path | None = None,
+    splits: Sequence[str] | None = None,
+    limit: int | None = None,
+    voting: int = 1,
+    max_tokens: int = 8192,
+    seed: int | None = 42,
+    batch_size: int = 16,
+    output: str | Path | None = None,
+    plot: str | Path | None = None,
+    per_case: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate one scorer on ProcessBench and write the results (what ``spark-hub eval processbench`` runs).
+
+    Exactly one scorer:
+        prm: a PRM object or a path / Hub id for `spark_hub.prm.load_prm`.
+        critic: a backend (wrap it in a `spark_hub.cache.CachedBackend` to resume) prompted with the
+            official critic template, greedy or majority over ``voting`` samples.
+        predictions: a JSONL file of ``{"id", "prediction"}``.
+
+    Args:
+        output: JSON file for the results (default: not written); ``plot``: PNG bar chart (default:
+            next to ``output`` with a ``.png`` suffix when ``output`` is given).
+
+    Returns:
+        The results document of `build_results`.
+    """
+    given = [name for name, value in (("prm", prm), ("critic", critic), ("predictions", predictions)) if value is not None]
+    if len(given) != 1:
+        raise SparkHubError(
+            "give exactly one of a PRM, a critic model or a predictions file"
+            + (f" (got {', '.join(given)})" if given else ""),
+            hint="--prm PATH_OR_REPO, --critic MODEL or --predictions FILE",
+        )
+    data = load_processbench(data_dir, splits, limit=limit)
+    cases = data.cases()
+    if predictions is not None:
+        preds = read_predictions(predictions)
+        scorer = {"kind": "predictions", "file": str(predictions), "sha256": sha256_file(predictions)}
+        unknown = set(preds) - {c.id for c in cases}
+        if unknown and len(unknown) == len(preds):
+            raise SparkHubError(f"no id in {predictions} matches a case of the chosen splits",
+                                hint="ids look like gsm8k-0, math-12")
+    elif critic is not None:
+        preds, _ = score_with_critic(critic, cases, voting=voting, max_tokens=max_tokens, seed=seed, progress=progress)
+        scorer = {"kind": "critic", "model": getattr(critic, "model_id", None), "voting": voting,
+                  "max_tokens": max_tokens, "seed": seed, "template_sha256": CRITIC_TEMPLATE_SHA256}
+        describe = getattr(critic, "describe", None) or getattr(getattr(critic, "backend", None), "describe", None)
+        if describe is not None:
+            scorer["provenance"] = describe()
+    else:
+        if isinstance(prm, (str, Path)):
+            from spark_hub.prm import load_prm
+
+            prm = load_prm(prm)
+        preds, _ = score_with_prm(prm, cases, batch_size=batch_size, progress=progress)
+        scorer = {"kind": "prm", **prm.describe()}
+    results = build_results(data, preds, scorer=scorer, per_case=per_case)
+    if limit is not None:
+        results["limit"] = limit
+    logger.info("ProcessBench\n%s", format_table(results))
+    if output is not None:
+        from spark_hub.io import atomic_write_json
+
+        atomic_write_json(output, results)
+        if plot is None:
+            plot = Path(output).with_suffix(".png")
+    if plot is not None:
+        plot_results(results, plot, title=str(scorer.get("name") or scorer.get("model") or scorer["kind"]))
+    return results
+
+
 __all__ = [
     "CRITIC_TEMPLATE",
     "CRITIC_TEMPLATE_SHA256",
@@ -584,9 +690,12 @@ __all__ = [
     "f1_score",
     "format_table",
     "load_processbench",
+    "manifest_results",
     "model_index",
     "plot_results",
     "read_predictions",
+    "record_results",
+    "run",
     "score_with_critic",
     "score_with_prm",
     "split_metrics",
