@@ -209,7 +209,7 @@ def token_table(tokenizer, vocab_size: int) -> TokenTable:
 # Program operations ------------------------------------------------------------------------------
 # ("force", [ids])                   emit these tokens
 # ("choose", [[ids], [ids], ...])    the model picks one alternative by its first token, rest forced
-# ("free", weight, exit_ids, exit_anywhere, budget_exit_start_ids, budget_exit_mid_ids)
+# ("free", weight, exit_ids, exit_anywhere, budget_exit_start_ids, budget_exit_mid_ids, at_line_start)
 #                                    free text; sampling exit_ids[0] (at a line start unless
 #                                    exit_anywhere) leaves it, the rest of exit_ids forced; when its
 #                                    budget (weight shares of the tokens left) is spent the budget
@@ -230,10 +230,10 @@ def _program(spec: Format, table: TokenTable) -> list[tuple]:
     if spec.think:
         close = enc(THINK_CLOSE + BLOCK_SEPARATOR)
         ops.append(("force", enc(THINK_OPEN)))
-        ops.append(("free", spec.steps, close, True, close, enc("\n" + THINK_CLOSE + BLOCK_SEPARATOR)))
+        ops.append(("free", spec.steps, close, True, close, enc("\n" + THINK_CLOSE + BLOCK_SEPARATOR), True))
     for k in range(1, spec.steps + 1):
         ops.append(("force", enc((BLOCK_SEPARATOR if k > 1 else "") + HEADER.format(k=k))))
-        ops.append(("free", 1, verdict_start, False, verdict_start, verdict_mid))
+        ops.append(("free", 1, verdict_start, False, verdict_start, verdict_mid, False))
         ops.append(("choose", [enc(v) for v in VERDICTS]))
     ops.append(("force", enc(BLOCK_SEPARATOR + FINAL_PREFIX)))
     ops.append(("choose", [enc(f) for f in FINALS]))
@@ -301,7 +301,7 @@ class _RowState:
                 left = self.max_tokens - self.generated - self._suffix_cost[self.index]
                 weight = self._suffix_weight[self.index]
                 self.budget = max(0, left) * op[1] // max(1, weight)
-                self.line_start = False
+                self.line_start = op[6]
                 self.tail = ""
                 return
             if op[0] == "any":

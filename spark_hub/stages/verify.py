@@ -93,7 +93,7 @@ def verdict_probabilities(
 
     The verdict word ("correct" / "incorrect", "Yes" / "No") that the parser counted is located in
     the completion; the probability of the chosen branch is ``exp`` of the summed logprobs of the
-    tokens that spell it (one token under the transformers constraint, where the choice is a single
+    tokens that spell it, the blank before it included (one token under the transformers constraint, where the choice is a single
     branching token and the logprob is taken after the constraint mask, so it is exactly the model's
     probability of that branch against the other). The other branch gets ``1 - p``:
     P(correct) = p when the verdict is "correct", else 1 - p. Without a constraint the model may
@@ -115,7 +115,10 @@ def verdict_probabilities(
     offset = start - 1  # body index -> text index
 
     def prob(span: tuple[int, int]) -> float | None:
-        tokens = completion.token_span(span[0] + offset, span[1] + offset)
+        start = span[0]
+        while start > 0 and body[start - 1] in " \t*_:":  # a token " correct" starts at the blank
+            start -= 1
+        tokens = completion.token_span(start + offset, span[1] + offset)
         if not tokens:
             return None
         return math.exp(sum(completion.logprobs[i] for i in tokens))
