@@ -165,3 +165,15 @@ def test_write_jsonl_is_trl_conversational(tmp_path):
     rows = [json.loads(line) for line in paths["train"].read_text().splitlines()]
     assert len(rows) == len(data.train)
     assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["completion"][0]["role"] == "assistant"
+
+
+def test_write_sft_dataset_has_a_valid_manifest(tmp_path):
+    from spark_hub.manifest import read_manifest
+
+    data = sft_data.make_sft_data(_many(10, 2), "prm", eval_fraction=0.2, seed=3)
+    sft_data.write_sft_dataset(tmp_path / "sft", data, source={"source": "org/steps", "revision": "a" * 40})
+    manifest = read_manifest(tmp_path / "sft")
+    assert manifest["kind"] == "dataset" and manifest["config"]["variant"] == "prm"
+    assert manifest["inputs"]["step_records"]["revision"] == "a" * 40
+    assert manifest["statistics"]["train"]["examples"] == len(data.train)
+    assert set(manifest["files"]) == {"data/train.jsonl", "data/eval.jsonl"}

@@ -293,6 +293,42 @@ def write_jsonl(folder: str | Path, data: SFTData) -> dict[str, Path]:
     return paths
 
 
+def write_sft_dataset(
+    folder: str | Path,
+    data: SFTData,
+    *,
+    source: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an SFT dataset folder: ``data/{train,eval}.jsonl`` and a ``manifest.json`` (kind
+    ``dataset``) with the source Stage I dataset, variant, counts, label balance and lengths.
+
+    Args:
+        source: provenance of the step records, e.g. ``{"source": "org/name", "revision": sha}`` or
+            ``{"source": path, "sha256": folder_hash}``; recorded as ``inputs.step_records``.
+        config: the resolved ``sft-data`` options (default: the ones in ``data.statistics``).
+
+    Returns:
+        The manifest path. The folder pushes like any spark-hub dataset (`spark_hub.hub.push`).
+    """
+    from spark_hub.manifest import new_manifest, write_manifest
+
+    write_jsonl(folder, data)
+    stats = data.statistics
+    options = dict(config) if config is not None else {
+        k: stats.get(k) for k in ("variant", "eval_fraction", "seed", "keep_inexact_cot", "include_answer")
+    }
+    manifest = new_manifest(
+        "dataset",
+        config={"stage": "sft-data", **options},
+        prompts={data.variant: stats.get("template_sha256") or rm_prompts.template_hash(data.variant)},
+        seeds={"split": stats.get("seed")},
+        inputs={"step_records": dict(source)},
+        statistics=stats,
+    )
+    return write_manifest(folder, manifest)
+
+
 __all__ = [
     "SFTData",
     "VARIANTS",
@@ -308,4 +344,5 @@ __all__ = [
     "split_by_problem",
     "target_text",
     "write_jsonl",
+    "write_sft_dataset",
 ]
