@@ -26,6 +26,8 @@ Read records back, locally or from the Hub, with `read_records`.
 Schema v2 (this version) added `Verification.step_probs` / `final_prob`, `StepRecord.step_probs` /
 `final_prob` / `step_spans`, and made ``steps`` the exact text of each step (``solution[start:end]``);
 v1 rows are migrated on read (new fields ``None``; their ``steps`` stay whitespace-normalised).
+There is no separate normalised-steps column: ``spark_hub.parsing.normalize_whitespace(step)`` gives
+the v1 form of a step when needed, and ``step_spans`` locate each exact step in ``solution``.
 """
 
 from __future__ import annotations
@@ -525,5 +527,5 @@ def _looks_local(source: str) -> bool:
             or source.lower().endswith((".parquet", ".jsonl", ".json", ".ndjson")))
 
 
-__all__ = ["Column", "Problem", "Record", "Solution", "StepLabels", "StepRecord", "Verification", "SCHEMA_VERSION",
+__all__ = ["CONFIG_RECORDS", "Column", "Problem", "Record", "Solution", "StepLabels", "StepRecord", "Verification", "SCHEMA_VERSION",
            "arrow_schema", "column", "describe_columns", "features", "iter_records", "json_schema", "read_records"]
