@@ -387,3 +387,48 @@ def test_bad_input_corpus_one_line_exit_2_nothing_written(tmp_path, case):
     assert expected in message
     assert len(message.splitlines()) == 1, message
     assert not out.exists()
+
+
+def _scripted_recipe(tmp_path: Path) -> Path:
+    """Catch-all scripted generator and verifier: one step, answer 1, verified correct."""
+    gen = write(tmp_path / "gen.jsonl", json.dumps({"completions": ["Step 1: Add one.\nAnswer: 1"]}) + "\n")
+    ver = write(tmp_path / "ver.jsonl", json.dumps({"completions": [
+        "## Step 1: Add\nFine.\n**This step is correct.**\n\nVerification: Is the answer correct (Yes/No)? Yes"]}) + "\n")
+    return write(tmp_path / "recipe.yaml", f"generator:\n  backend: scripted\n  model: {gen}\n  n: 1\n"
+                                           f"verifier:\n  backend: scripted\n  model: {ver}\n  n: 2\n"
+                                           "problem_field: question\n")
+
+
+def test_cli_builds_from_one_config_and_one_split_of_a_hub_dataset(gsm8k_repo, tmp_path):
+    """issue 8 §6.1: `--problems ORG/NAME --set problems_split=test` on a gsm8k-shaped repo used to
+    read all 60 rows of both configs and both splits."""
+    from spark_hub.cli import cli
+    from spark_hub.config import BuildConfig
+    from helpers import read_rows
+
+    repo_id, sha = gsm8k_repo
+    out = tmp_path / "out"
+    base = ["build-dataset", "--config", str(_scripted_recipe(tmp_path)), "--problems", repo_id,
+            "--set", "problems_split=test", "--output-dir", str(out), "--no-progress"]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith("has 2 configs (main, socratic); choose one (--set problems_config=main)")
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+    if "problems_config" in BuildConfig.__dataclass_fields__:
+        result = CliRunner().invoke(cli, [*base, "--set", "problems_config=socratic"])
+        assert result.exit_code == 0, result.output
+    else:  # until config.py declares the key: the same build through the Python API
+        from spark_hub.config import load_build_config
+        from spark_hub.stages import build
+
+        config = load_build_config(tmp_path / "recipe.yaml", ["problems_split=test"], problems=repo_id,
+                                   output_dir=str(out))
+        config.problems_config = "socratic"
+        build.main(config, progress=False)
+    rows = read_rows(out)
+    assert len({r["problem_id"] for r in rows}) == SIZES["test"]
+    assert {r["problem"].split(" ")[0] for r in rows} == {"socratic/test"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    source = manifest["inputs"]["problems"]
+    assert (source["revision"], source["config"], source["split"]) == (sha, "socratic", "test")
