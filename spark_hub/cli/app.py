@@ -55,6 +55,9 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class SparkGroup(click.Group):
     """A click group whose errors are one line and whose Ctrl-C says how to resume."""
 
@@ -65,6 +68,9 @@ class SparkGroup(click.Group):
         prog_name = prog_name or "spark-hub"
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as e:  # `spark-hub` alone, or a group without a command: the help text
+            e.show()
+            sys.exit(e.exit_code)
         except click.UsageError as e:
             command = e.ctx.command_path if e.ctx is not None else prog_name
             click.echo(f"Error: {one_line(e.format_message())} (see `{command} --help`)", err=True)
