@@ -432,3 +432,18 @@ def test_cli_builds_from_one_config_and_one_split_of_a_hub_dataset(gsm8k_repo, t
     manifest = json.loads((out / "manifest.json").read_text())
     source = manifest["inputs"]["problems"]
     assert (source["revision"], source["config"], source["split"]) == (sha, "socratic", "test")
+
+
+def test_contamination_benchmarks_are_checked_like_inputs(tmp_path):
+    from spark_hub.records import Problem
+    from spark_hub.stages.contamination import ContaminationConfig, check
+
+    problems = [Problem(id="a", problem="one two three four five six seven eight nine", reference=None, source="t")]
+    with pytest.raises(SparkHubError, match=r"contamination benchmark .*bench\.jsonl is a FIFO"):
+        check(problems, ContaminationConfig(benchmarks=[str(_fifo(tmp_path, "bench.jsonl"))]))
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    write(folder / "b.jsonl", '{"problem": "one two three four five six seven eight nine"}\n')
+    report = check(problems, ContaminationConfig(benchmarks=[str(folder)]))
+    [entry] = report["benchmarks"].values()
+    assert report["matched"] == 1 and len(entry["sha256"]) == 64

@@ -58,8 +58,7 @@ def _benchmark_name(path: Path) -> str:
 
 def check(problems: list[Problem], config: ContaminationConfig) -> dict[str, Any]:
     """Compare ``problems`` with every benchmark; returns the report (see module docstring)."""
-    from spark_hub.inputs import load_problems
-    from spark_hub.io import sha256_file
+    from spark_hub.inputs import check_input_path, content_hash, load_problems
 
     index: dict[tuple[str, ...], list[tuple[str, str]]] = defaultdict(list)
     benchmarks: dict[str, dict[str, Any]] = {}
@@ -68,10 +67,10 @@ def check(problems: list[Problem], config: ContaminationConfig) -> dict[str, Any
         if not path.exists():
             raise SparkHubError(f"contamination benchmark not found: {path}",
                                 hint="fix contamination.benchmarks or set it to []")
+        check_input_path(path, "contamination benchmark")  # a FIFO or device would block
         name = _benchmark_name(path)
         items = load_problems(path, answer_field=None)
-        benchmarks[name] = {"path": str(path), "sha256": sha256_file(path) if path.is_file() else None,
-                            "problems": len(items), "matched": 0}
+        benchmarks[name] = {"path": str(path), "sha256": content_hash(path), "problems": len(items), "matched": 0}
         for item in items:
             for gram in ngrams(item.problem, config.ngram):
                 index[gram].append((name, item.id))
