@@ -447,3 +447,16 @@ def test_contamination_benchmarks_are_checked_like_inputs(tmp_path):
     report = check(problems, ContaminationConfig(benchmarks=[str(folder)]))
     [entry] = report["benchmarks"].values()
     assert report["matched"] == 1 and len(entry["sha256"]) == 64
+
+
+def test_build_reports_dropped_duplicate_solutions(tmp_path):
+    from spark_hub.cli import cli
+
+    sols = write(tmp_path / "s.jsonl", solution("p1", "Q", ["a"]) + solution("p1", "Q", ["a"]) + solution("p2", "R", ["b"]))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["build-dataset", "--config", str(_scripted_recipe(tmp_path)), "--solutions", str(sols),
+                                      "--set", "problem_field=problem", "--output-dir", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["statistics"]["inputs"]["duplicate_solution_rows_dropped"] == 1
+    assert manifest["statistics"]["solutions"] == 2
