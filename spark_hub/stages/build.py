@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +25,14 @@ from spark_hub.backends.base import load_backend
 from spark_hub.cache import CachedBackend, CallCache
 from spark_hub.config import BuildConfig, dump_yaml
 from spark_hub.errors import SparkHubError
-from spark_hub.inputs import load_problems, load_solutions
+from spark_hub.inputs import HUB_ID_RE, Inputs, load_inputs  # noqa: F401 (re-exported for older imports)
 from spark_hub.io import BuildLock, atomic_write_text, clean_stale_temps, is_temp_name, sha256_file
 from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from spark_hub.progress import StageProgress
 from spark_hub.prompts import template_hash
 from spark_hub.records import Problem, Solution, StepRecord, Verification
 from spark_hub.schema import fast_check
-from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate, apply_merged
+from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate
 from spark_hub.stages.balance import balance_problem
 from spark_hub.stages.critique import critique_verification, meta_critique
 from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
@@ -43,7 +42,6 @@ from spark_hub.storage import ShardWriter, finalize_shards
 
 logger = logging.getLogger(__name__)
 
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -59,62 +57,6 @@ class BuildResult:
     seconds: float = 0.0
     loop_seconds: float = 0.0
     """Time spent in the per-chunk loop (model calls, parse, aggregate, validate, write)."""
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class Inputs:
-    problems: list[Problem]
-    given: dict[str, list[dict[str, Any]]] | None
-    provenance: dict[str, dict[str, Any]]
-
-
-def _resolve_problem_source(config: BuildConfig) -> tuple[Path, dict[str, Any]]:
-    path = Path(config.problems)
-    if path.exists():
-        return path, {"source": str(path), "sha256": sha256_file(path) if path.is_file() else _folder_hash(path)}
-    if HUB_ID_RE.match(config.problems):
-        from spark_hub.hub import resolve_hub_dataset
-
-        folder, sha = resolve_hub_dataset(config.problems, revision=config.problems_revision)
-        folder = Path(folder)
-        split_files = [p for p in folder.rglob("*") if p.suffix in (".jsonl", ".parquet") and config.problems_split in p.name]
-        if split_files:
-            folder = split_files[0] if len(split_files) == 1 else folder
-        return folder, {"source": f"hf://datasets/{config.problems}", "revision": sha, "sha256": None}
-    raise SparkHubError(f"problems file not found: {config.problems}", hint="pass a .jsonl/.parquet path or a Hub dataset id ORG/NAME")
-
-
-def _folder_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and ".spark" not in p.parts:
-            h.update(p.relative_to(folder).as_posix().encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
-def load_inputs(config: BuildConfig) -> Inputs:
-    """Read and validate all inputs (before any output is written)."""
-    fields = dict(problem_field=config.problem_field, answer_field=config.answer_field,
-                  id_field=config.id_field, limit=config.limit)
-    if config.solutions:
-        path = Path(config.solutions)
-        if not path.exists():
-            raise SparkHubError(f"solutions file not found: {path}")
-        grouped = load_solutions(path, **fields)
-        problems = [p for p, _ in grouped]
-        given = {p.id: rows for p, rows in grouped}
-        prov = {"solutions": {"source": str(path), "sha256": sha256_file(path), "rows": sum(len(r) for r in given.values())}}
-        return Inputs(problems, given, prov)
-    if not config.problems:
-        raise SparkHubError("no input: set `problems` (or `solutions`)", hint="--problems FILE.jsonl")
-    path, prov = _resolve_problem_source(config)
-    problems = load_problems(path, **fields)
-    prov["rows"] = len(problems)
-    return Inputs(problems, None, {"problems": prov})
 
 
 # ----------------------------------------------------------------------------- build key

@@ -123,7 +123,7 @@ def _read_pilot(config: BuildConfig) -> dict[str, Any] | None:
 
 def dry_run(config: BuildConfig, *, throughput: float | None = None) -> dict[str, Any]:
     """The plan of a build: counts, tokens and GPU-hours, without model calls or writes."""
-    from spark_hub.stages.build import load_inputs
+    from spark_hub.inputs import load_inputs
 
     method = config.aggregation.method
     problems_known = True
@@ -137,7 +137,8 @@ def dry_run(config: BuildConfig, *, throughput: float | None = None) -> dict[str
         logger.warning("cannot read problems %s here (%s); planning per %d problems", config.problems, e, PER_PROBLEMS)
         problems_known, problems, given = False, [], None
     if problems_known and config.contamination.benchmarks:
-        from spark_hub.stages.build import Inputs, apply_contamination
+        from spark_hub.inputs import Inputs
+        from spark_hub.stages.build import apply_contamination
 
         staged = Inputs(problems, given, {})
         report = apply_contamination(config, staged)
