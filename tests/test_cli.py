@@ -291,3 +291,44 @@ def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
 def test_spark_hub_alone_prints_the_help():
     result = CliRunner().invoke(cli, [])
     assert "Usage:" in result.output and "Commands:" in result.output and "Error" not in result.output
+
+
+def test_sigint_mid_build_says_how_to_resume_and_the_resume_finishes(tmp_path):
+    """A real Ctrl-C (SIGINT) in the middle of a build, then the printed command finishes it."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import env_with_tests_on_path
+    from spark_hub.cache import CallCache
+
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    args = ["build-dataset", "--config", str(recipe), "--output-dir", str(out), "--no-progress", "-q",
+            "--set", "generator.backend=slow_backend:SlowScriptedBackend",
+            "--set", "verifier.backend=slow_backend:SlowScriptedBackend", "--set", "verifier.batch_size=1"]
+    env = env_with_tests_on_path()
+    env["SPARK_TEST_DELAY"] = "0.3"
+    proc = subprocess.Popen([sys.executable, "-m", "spark_hub.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cache = out / ".spark" / "cache.sqlite"
+    deadline = time.time() + 60
+    while not (cache.exists() and len(CallCache(cache)) >= 2) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "Aborted!" not in err
+    prefix = "Interrupted: the build is resumable: model calls made so far are cached. Resume with the same command: "
+    assert last.startswith(prefix), last
+    command = shlex.split(last[len(prefix):])
+    assert command == ["spark-hub", *args]
+    assert not (out / "manifest.json").exists()
+
+    env["SPARK_TEST_DELAY"] = "0"
+    done = subprocess.run([sys.executable, "-m", "spark_hub.cli", *command[1:]], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (out / "manifest.json").exists() and len(CallCache(cache)) == 8  # every request cached once: none made twice
