@@ -302,12 +302,16 @@ def read_solutions(
         if key in first_row:
             first_text, first_reference, first_where = first_row[key]
             for name, now, before in ((problem_field, text, first_text), (answer_field, reference, first_reference)):
-                if now != before:
+                if now == before:
+                    continue
+                if pid:
                     raise SparkHubError(
-                        f"problem id {key!r} is used for two different problems: field {name!r} differs from "
+                        f"problem id {pid!r} is used for two different problems: field {name!r} differs from "
                         f"the row at {first_where}",
                         where=where, hint="give each problem its own id (or map another field with --set id_field=NAME)",
                     )
+                raise SparkHubError(f"the same problem has another {name!r} in the row at {first_where}",
+                                    where=where, hint="rows of one problem must agree on its reference answer")
         else:
             first_row[key] = (text, reference, where)
         if key not in grouped:

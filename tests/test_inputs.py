@@ -460,3 +460,10 @@ def test_build_reports_dropped_duplicate_solutions(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["statistics"]["inputs"]["duplicate_solution_rows_dropped"] == 1
     assert manifest["statistics"]["solutions"] == 2
+
+
+def test_rows_without_ids_must_agree_on_the_reference(tmp_path):
+    rows = [{"problem": "Q", "steps": ["a"], "answer": "1"}, {"problem": "Q", "steps": ["b"], "answer": "2"}]
+    path = write(tmp_path / "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SparkHubError, match=rf"^{path}:2: the same problem has another 'answer' in the row at {path}:1"):
+        read_solutions(path)
