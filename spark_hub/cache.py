@@ -146,8 +146,9 @@ class CachedBackend:
         """Answer ``requests`` from the cache, sending misses to the backend in batches.
 
         New results are committed together: when this call returns (or raises), and whenever
-        `commit_interval` seconds have passed since the last commit. ``on_batch`` is called after
-        every batch (cached ones included) for progress reporting.
+        `commit_interval` seconds have passed since the last commit. ``on_batch(requests, outputs)``
+        is called after every engine batch for progress reporting, and once with ``cached=True``
+        for the requests answered from the cache.
         """
         keys = [r.key(self.fingerprint) for r in requests]
         found = self.cache.get_many(keys)
@@ -155,8 +156,8 @@ class CachedBackend:
         self.hits += sum(r is not None for r in results)
         if on_batch is not None:
             done = [(r, c) for r, c in zip(requests, results) if c is not None]
-            if done:
-                on_batch([r for r, _ in done], [c for _, c in done])
+            if done:  # answered from the cache: progress, not throughput
+                on_batch([r for r, _ in done], [c for _, c in done], cached=True)
         pending = [i for i, r in enumerate(results) if r is None]
         # Identical requests inside one run (same key) are sent once.
         first_of: dict[str, int] = {}

@@ -280,3 +280,19 @@ def test_cache_commits_once_per_engine_call(tmp_path):
     slow = CachedBackend(backend, cache, batch_size=1, commit_interval=0.0)
     slow.generate([GenerationRequest.from_chat(r.chat(), n=2) for r in requests[:3]])
     assert slow.model_calls == 3 and len(commits) == 3
+
+
+def test_cached_answers_are_reported_as_cached(tmp_path):
+    recipe = scripted_recipe(tmp_path)
+    from spark_hub.backends.base import BackendConfig
+
+    backend = ScriptedBackend(BackendConfig(backend="scripted", model=str(recipe.parent / "verifier.jsonl")))
+    cached = CachedBackend(backend, CallCache(tmp_path / "cache.sqlite"), batch_size=2)
+    requests = [GenerationRequest.from_chat([{"role": "user", "content": f"Teacher Verification 60 x 12 = 720 ({i})"}],
+                                            n=1) for i in range(3)]
+    calls = []
+    cached.generate(requests[:2], on_batch=lambda r, o, cached=False: calls.append((len(r), cached)))
+    assert calls == [(2, False)]
+    calls.clear()
+    cached.generate(requests, on_batch=lambda r, o, cached=False: calls.append((len(r), cached)))
+    assert calls == [(2, True), (1, False)]
