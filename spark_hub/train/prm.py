@@ -1,0 +1,270 @@
+"""Train a generative PRM (SPARK ORM / PRM / PRM-CoT) with TRL's ``SFTTrainer``.
+
+The maintained trainers dropped PRM training (TRL removed its PRMTrainer in 2026), so a generative
+PRM is trained the way SPARK does it: supervised fine-tuning of a chat model on conversational
+prompt/completion pairs (`spark_hub.train.sft_data`), loss on the completion only (TRL's default for
+this format). `train_prm` runs the whole stage, top to bottom:
+
+1. skip if ``output_dir`` already holds a finished run with the same build key (a re-run is a no-op);
+2. resolve the base model (``embedded``, a local folder or a Hub id, see `spark_hub.backends.models`);
+3. make the SFT data if given step records, and the train/eval datasets;
+4. TRL ``SFTConfig`` from our defaults < the caller's ``training_args``; on a machine without CUDA
+   ``use_cpu`` is set and bf16 off;
+5. train, resuming from the last checkpoint in ``output_dir/.spark/checkpoints`` (a killed run,
+   SIGKILL included, continues from there when the same call is made again);
+6. save safetensors weights + tokenizer + ``prm_spec.json`` + ``manifest.json`` into ``output_dir``
+   (checkpoints live under ``.spark/``, which is local state and never pushed).
+
+Under ``accelerate launch`` the Trainer handles the processes; files are written by the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from spark_hub.errors import SparkHubError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(".spark") / "checkpoints"
+KEY_FILE = Path(".spark") / "train_key.json"
+
+#: spark-hub's defaults for SFTConfig (the caller's ``training_args`` win).
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 1e-5,
+    "lr_scheduler_type": "cosine",
+    "max_length": 4096,  # PRM-CoT targets are long; TRL's 1024 would drop them silently
+    "packing": False,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "report_to": "none",
+    "seed": 0,
+    "activation_checkpointing": False,  # TRL turns it on; on CPU and for small models it only costs time
+}
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def build_key(base: Mapping[str, Any], data_hash: str, variant: str, training_args: Mapping[str, Any]) -> str:
+    """What determines a trained PRM: base model fingerprint, SFT data, variant, training args."""
+    payload = {"base": dict(base), "data": data_hash, "variant": variant,
+               "args": {k: _json_safe(v) for k, v in sorted(training_args.items())}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _examples_hash(rows: Sequence[Mapping[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row["prompt"], row["completion"]], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _datasets(train: Sequence[Mapping[str, Any]], evaluation: Sequence[Mapping[str, Any]]):
+    from datasets import Dataset
+
+    def keep(rows):  # TRL needs only these two columns
+        return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+    return keep(train), (keep(evaluation) if evaluation else None)
+
+
+def _sft_config(output_dir: Path, overrides: Mapping[str, Any], has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    args: dict[str, Any] = {**DEFAULT_TRAINING_ARGS, **dict(overrides)}
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise SparkHubError(f"unknown training argument(s) {', '.join(unknown)}",
+                            hint="they must be fields of trl.SFTConfig")
+    if "output_dir" in overrides:
+        raise SparkHubError("set output_dir through train_prm(output_dir=...), not training_args")
+    if not torch.cuda.is_available():
+        args.setdefault("use_cpu", True)
+        args["bf16"] = False
+        args["fp16"] = False
+    if has_eval and "eval_strategy" not in overrides:
+        args["eval_strategy"] = args.get("save_strategy", "steps")
+        args.setdefault("eval_steps", args.get("save_steps"))
+    args["output_dir"] = str(output_dir / CHECKPOINTS)
+    return SFTConfig(**args)
+
+
+def train_prm(
+    model: str,
+    output_dir: str | Path,
+    *,
+    sft: Any = None,
+    records: Iterable[Any] | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    training_args: Mapping[str, Any] | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 0,
+    keep_inexact_cot: bool = True,
+    inputs: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Fine-tune ``model`` into a generative PRM and write it to ``output_dir``.
+
+    Args:
+        model: base chat model: ``embedded``, a local folder or a Hub id.
+        output_dir: the PRM folder (weights, tokenizer, ``prm_spec.json``, ``manifest.json``).
+        sft: a `spark_hub.train.sft_data.SFTData` (its variant is used); or give ``records``.
+        records: step records (dicts or `StepRecord`) to make the SFT data from, with ``variant``,
+            ``eval_fraction``, ``seed`` and ``keep_inexact_cot``.
+        revision: Hub revision of the base model.
+        training_args: `trl.SFTConfig` fields over `DEFAULT_TRAINING_ARGS` (``max_steps``,
+            ``learning_rate``, ``report_to``...).
+        inputs: provenance of the data for the manifest, e.g. ``{"source": "org/steps", "revision": sha}``
+            (recorded as ``inputs.sft_data`` beside the sha256 of the examples).
+        callbacks: extra `transformers.TrainerCallback` objects.
+
+    Returns:
+        ``output_dir``. A finished run with the same build key returns at once.
+
+    Raises:
+        `SparkHubError`: unknown training arguments, no usable examples, or checkpoints in
+            ``output_dir`` from a run with different settings.
+    """
+    from spark_hub.backends.base import BackendConfig
+    from spark_hub.backends.models import resolve_model
+    from spark_hub.manifest import MANIFEST_NAME
+    from spark_hub.train import sft_data as sft_module
+
+    output_dir = Path(output_dir)
+    # -- data ---------------------------------------------------------------------------------
+    if (sft is None) == (records is None):
+        raise SparkHubError("give either sft (SFT data) or records (step records) to train_prm")
+    if sft is None:
+        sft = sft_module.make_sft_data(records, variant or "prm", eval_fraction=eval_fraction, seed=seed,
+                                       keep_inexact_cot=keep_inexact_cot)
+    elif variant is not None and variant != sft.variant:
+        raise SparkHubError(f"variant {variant!r} given for {sft.variant!r} SFT data")
+    variant = sft.variant
+    if not sft.train:
+        raise SparkHubError("the SFT data has no training examples")
+
+    # -- base model and build key ---------------------------------------------------------------
+    source = resolve_model(BackendConfig(model=model, revision=revision, trust_remote_code=trust_remote_code))
+    base = {"id": model, **source.provenance()}
+    overrides = dict(training_args or {})
+    data_hash = _examples_hash(sft.train + sft.eval)
+    key = build_key({"fingerprint": base["fingerprint"]}, data_hash, variant, overrides)
+    manifest_path = output_dir / MANIFEST_NAME
+    if manifest_path.is_file():
+        try:
+            done = json.loads(manifest_path.read_text()).get("build_key")
+        except (OSError, json.JSONDecodeError):
+            done = None
+        if done == key:
+            logger.info("%s already holds this PRM (build key %s): nothing to do", output_dir, key[:12])
+            return output_dir
+        raise SparkHubError(f"{output_dir} holds a different finished PRM",
+                            hint="use another --output-dir, or delete the folder to retrain")
+    key_path = output_dir / KEY_FILE
+    if key_path.is_file() and json.loads(key_path.read_text()).get("build_key") != key:
+        raise SparkHubError(f"{output_dir} has checkpoints of a run with other settings",
+                            hint="use another --output-dir, or delete its .spark/ folder to start over")
+
+    # -- model, trainer, resume -----------------------------------------------------------------
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    load_path = source.load_path()
+    kwargs = {"trust_remote_code": trust_remote_code, **source.load_kwargs()}
+    tokenizer = AutoTokenizer.from_pretrained(load_path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = _sft_config(output_dir, overrides, has_eval=bool(sft.eval))
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    net = AutoModelForCausalLM.from_pretrained(load_path, dtype=dtype, **kwargs)
+    train_ds, eval_ds = _datasets(sft.train, sft.eval)
+
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process
+    if main:
+        from spark_hub.io import atomic_write_json
+
+        atomic_write_json(key_path, {"build_key": key})
+    checkpoints = output_dir / CHECKPOINTS
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        logger.info("resuming from %s", last)
+    trainer = SFTTrainer(model=net, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=list(callbacks) or None)
+    result = trainer.train(resume_from_checkpoint=last)
+
+    # -- save -------------------------------------------------------------------------------------
+    trainer.save_model(str(output_dir))  # safetensors by default
+    if main:
+        _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir
+
+
+def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, config, key: str, result,
+                   inputs: Mapping[str, Any] | None, data_hash: str) -> None:
+    from spark_hub import rm_prompts
+    from spark_hub.manifest import new_manifest, write_manifest
+    from spark_hub.prm import generative_spec, write_spec
+
+    tokenizer.save_pretrained(str(output_dir))
+    for stray in ("training_args.bin",):  # a pickle; the resolved config is in the manifest
+        path = output_dir / stray
+        if path.exists():
+            path.unlink()
+    spec = generative_spec(variant, base_model=base["id"])
+    write_spec(output_dir, spec)
+    resolved = {k: _json_safe(v) for k, v in config.to_dict().items()
+                if k not in ("output_dir", "logging_dir", "hub_token")}
+    metrics = {k: _json_safe(v) for k, v in (result.metrics or {}).items()}
+    manifest = new_manifest(
+        "prm",
+        config={"prm_format": variant, "stage": "train-prm", "training_args": resolved},
+        models={"base_model": base},
+        prompts={variant: rm_prompts.template_hash(variant)},
+        seeds={"train": config.seed, "split": sft.statistics.get("seed")},
+        inputs={"sft_data": {"source": "in-memory", "sha256": data_hash, **dict(inputs or {})}},
+        statistics={"sft_data": sft.statistics, "train": metrics, "global_step": result.global_step},
+        build_key=key,
+    )
+    write_manifest(output_dir, manifest)
+    try:
+        from spark_hub.cards import write_card
+        from spark_hub.manifest import read_manifest
+
+        write_card(output_dir, read_manifest(output_dir))
+    except ImportError:  # pragma: no cover - cards are optional here
+        logger.debug("no card writer available", exc_info=True)
+    logger.info("PRM written to %s (%s, %d steps)", output_dir, variant, result.global_step)
+
+
+def clean_checkpoints(output_dir: str | Path) -> None:
+    """Delete the local checkpoints of a finished run (they are never pushed)."""
+    shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
+
+
+__all__ = ["DEFAULT_TRAINING_ARGS", "build_key", "clean_checkpoints", "train_prm"]
