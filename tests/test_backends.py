@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -341,8 +342,9 @@ class FakeOpenAIServer:
     """/v1/chat/completions on 127.0.0.1 that echoes the prompt; can ignore `n`, fail on purpose
     (``failures``: status codes answered first, in order) and records requests in flight."""
 
-    def __init__(self, honor_n=True, failures=(), delay=0.0):
+    def __init__(self, honor_n=True, failures=(), delay=0.0, reject_constraints=False):
         self.honor_n = honor_n
+        self.reject_constraints = reject_constraints
         self.failures = list(failures)
         self.delay = delay
         self.lock = threading.Lock()
@@ -365,6 +367,8 @@ class FakeOpenAIServer:
                     server.payloads.append(body)
                     server.headers.append(dict(self.headers))
                     status = server.failures.pop(0) if server.failures else 200
+                    if server.reject_constraints and "structured_outputs" in body:
+                        status = 400
                     server.statuses.append(status)
                 try:
                     time.sleep(server.delay)
@@ -401,6 +405,13 @@ class FakeOpenAIServer:
             }
             for i in range(k)
         ]
+        if body.get("logprobs"):  # one "token" per word with its leading blanks, as OpenAI's format has it
+            for choice in choices:
+                words = re.findall(r"\s*\S+", choice["message"]["content"])
+                choice["logprobs"] = {"content": [
+                    {"token": w, "logprob": -0.25 * (j + 1), "bytes": list(w.encode()), "top_logprobs": []}
+                    for j, w in enumerate(words)
+                ]}
         return {
             "id": "chatcmpl-test",
             "object": "chat.completion",
@@ -430,7 +441,7 @@ def fake_server():
 def openai_backend(url, **overrides):
     from spark_hub.backends.openai_ import OpenAIBackend
 
-    extra = {"retry_delay": 0.001, "max_retry_delay": 0.01}
+    extra = {"retry_delay": 0.001, "max_retry_delay": 0.01, **overrides.pop("extra", {})}
     config = BackendConfig(backend="openai", model="test-model", base_url=url, extra=extra, **overrides)
     return OpenAIBackend(config)
 
@@ -553,3 +564,52 @@ def test_openai_config_errors():
         OpenAIBackend(BackendConfig(backend="openai", model="m"))
     with pytest.raises(SparkHubError, match="model name the server serves"):
         OpenAIBackend(BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1"))
+
+
+def test_openai_returns_logprobs_and_offsets_when_asked(fake_server):
+    server = fake_server()
+    backend = openai_backend(server.url)
+    plain, asked = backend.generate([chat("tokens please", n=2, seed=1), chat("tokens please", n=2, seed=1, logprobs=True)])
+    assert sorted(p.get("logprobs", False) for p in server.payloads) == [False, True]
+    assert all(c.logprobs is None and c.token_ids is None and c.token_offsets is None for c in plain)
+    for completion in asked:
+        words = re.findall(r"\s*\S+", completion.text)
+        assert completion.logprobs == [-0.25 * (j + 1) for j in range(len(words))]
+        assert [completion.text[o:] for o in completion.token_offsets] == [
+            "".join(words[j:]) for j in range(len(words))]
+        assert completion.token_ids is None  # OpenAI names tokens by text, not id
+
+
+def test_openai_constrained_request_sends_the_regex_and_explains_a_rejection(fake_server):
+    from spark_hub.constrained import verification_constraint, verification_regex
+
+    constraint = verification_constraint(3)
+    server = fake_server()
+    openai_backend(server.url).generate([chat("grade", constraint=constraint)])
+    assert server.payloads[0]["structured_outputs"] == {"regex": verification_regex(constraint)}
+    rejecting = fake_server(reject_constraints=True)
+    with pytest.raises(SparkHubError, match="rejected the constrained .structured-output. request") as info:
+        openai_backend(rejecting.url).generate([chat("grade", constraint=constraint)])
+    assert "verifier.constrained=false" in str(info.value) and len(rejecting.statuses) == 1
+    old = fake_server()
+    openai_backend(old.url, extra={"constraint_field": "guided_regex"}).generate(
+        [chat("grade", constraint=constraint)])
+    assert old.payloads[0]["guided_regex"] == verification_regex(constraint)
+
+
+def test_transformers_token_ids_and_logprobs(tiny_backend):
+    from spark_hub.backends.base import Completion
+
+    requests = [chat("Step 1: add", n=2, temperature=1.0, max_tokens=10, seed=4, logprobs=True),
+                chat("Step 1: add", n=2, temperature=1.0, max_tokens=10, seed=4)]
+    with_lp, without = tiny_backend.generate(requests[:1])[0], tiny_backend.generate(requests[1:])[0]
+    assert [c.text for c in with_lp] == [c.text for c in without]  # asking for logprobs changes no sample
+    assert all(c.token_ids is None and c.logprobs is None for c in without)
+    for completion in with_lp:
+        assert len(completion.token_ids) == len(completion.logprobs) == len(completion.token_offsets)
+        assert len(completion.token_ids) == completion.completion_tokens - (completion.finish_reason == "stop")
+        assert tiny_backend.tokenizer.decode(completion.token_ids, skip_special_tokens=True) == completion.text
+        assert all(lp < 0 for lp in completion.logprobs)
+        assert Completion.from_dict(completion.to_dict()) == completion
+    greedy = tiny_backend.generate([chat("Answer", n=3, temperature=0.0, max_tokens=6, logprobs=True)])[0]
+    assert len({tuple(c.token_ids) for c in greedy}) == 1 and greedy[0].logprobs
