@@ -274,3 +274,18 @@ def test_dry_run_reads_the_tokenizer_of_the_converted_folder(tmp_path, monkeypat
     assert plan["estimates"]["prompt_tokens"] == "tokenizer"
     assert plan["limit"] == 2 and plan["problems"] == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_pilot_report_shows_votes_per_step_and_warnings(tmp_path):
+    from spark_hub.stages.plan import format_pilot, pilot
+
+    chatty = tmp_path / "chatty.jsonl"
+    chatty.write_text(json.dumps({"completions": ["Fine."]}) + "\n")
+    config = load_build_config(scripted_recipe(tmp_path), [f"verifier.model={chatty}"], output_dir=str(tmp_path / "out"))
+    report = pilot(config, 2, progress=False)
+    assert report["records_labelled"] == 0 and "--set verifier.constrained=true" in report["warnings"][0]
+    assert "warning: only 0 of 4 solution(s) labelled" in format_pilot(report)
+    config = load_build_config(scripted_recipe(tmp_path), ["verifier.n=1"], output_dir=str(tmp_path / "one"))
+    report = pilot(config, 2, progress=False)
+    assert report["mean_step_agreement"] == 1.0 and report["mean_votes_per_step"] == 1.0
+    assert "100.0%  (1 vote(s) per step)" in format_pilot(report)

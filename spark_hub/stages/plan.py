@@ -293,8 +293,8 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def pilot(config: BuildConfig, k: int, *, progress: bool = True) -> dict[str, Any]:
     """Run the first ``k`` problems for real and report label quality (see module docstring)."""
+    from spark_hub.grading import answers_match_many
     from spark_hub.stages import build
-    from spark_hub.stages.balance import answer_is_correct
 
     if k < 1:
         raise SparkHubError(f"--pilot needs K >= 1, got {k}")
@@ -317,17 +317,17 @@ def pilot(config: BuildConfig, k: int, *, progress: bool = True) -> dict[str, An
 
     agree = total = 0
     confusion = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-    for shard in sorted((out / PILOT_DIR / CONFIGS["default"]).glob("*.parquet")):
-        for row in pq.read_table(shard, columns=["status", "final_label", "final_answer", "reference"]).to_pylist():
-            if row["status"] != "ok" or row["reference"] is None:
-                continue
-            truth = answer_is_correct(row["final_answer"], row["reference"])
-            if truth is None:
-                continue
-            total += 1
-            agree += truth == row["final_label"]
-            key = ("t" if truth == row["final_label"] else "f") + ("p" if row["final_label"] else "n")
-            confusion[key] += 1
+    rows = [row for shard in sorted((out / PILOT_DIR / CONFIGS["default"]).glob("*.parquet"))
+            for row in pq.read_table(shard, columns=["status", "final_label", "final_answer", "reference"]).to_pylist()
+            if row["status"] == "ok" and row["reference"] is not None]
+    truths = answers_match_many([(row["final_answer"], row["reference"]) for row in rows])  # one batch
+    for row, truth in zip(rows, truths):
+        if truth is None:
+            continue
+        total += 1
+        agree += truth == row["final_label"]
+        key = ("t" if truth == row["final_label"] else "f") + ("p" if row["final_label"] else "n")
+        confusion[key] += 1
 
     previous = _read_pilot(config) or {}
     tokens = stats.get("completion_tokens", {})
@@ -341,6 +341,8 @@ def pilot(config: BuildConfig, k: int, *, progress: bool = True) -> dict[str, An
         "verifications": stats["verifications"],
         "parse_failure_rate": stats["parse_failure_rate"],
         "mean_step_agreement": stats["mean_step_agreement"],
+        "mean_votes_per_step": stats.get("mean_votes_per_step"),
+        "warnings": stats.get("warnings", []),
         "unanimous_step_rate": stats["unanimous_step_rate"],
         "records_labelled": stats["records_labelled"],
         "majority_vs_math_verify": {"compared": total, "agreement": round(agree / total, 4) if total else None,
@@ -366,7 +368,8 @@ def format_pilot(report: dict[str, Any]) -> str:
     lines = [
         f"spark-hub pilot: {report['problems']} problems, {report['solutions']} solutions, {report['verifications']} verifications",
         f"  parse failures:            {pct(report['parse_failure_rate'])}",
-        f"  mean per-step agreement:   {pct(report['mean_step_agreement'])}",
+        f"  mean per-step agreement:   {pct(report['mean_step_agreement'])}"
+        + (f"  ({report['mean_votes_per_step']:g} vote(s) per step)" if report.get("mean_votes_per_step") is not None else ""),
         f"  unanimous steps:           {pct(report['unanimous_step_rate'])}",
         f"  labelled solutions:        {report['records_labelled']}",
     ]
@@ -378,4 +381,5 @@ def format_pilot(report: dict[str, Any]) -> str:
     if report.get("throughput_tokens_per_s"):
         lines.append(f"  measured throughput:       {report['throughput_tokens_per_s']:,.0f} tok/s")
     lines.append(f"  pilot dataset:             {report['pilot_dir']}")
+    lines += [f"  warning: {w}" for w in report.get("warnings") or []]
     return "\n".join(lines)
