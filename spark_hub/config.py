@@ -62,7 +62,15 @@ class RoleConfig(BackendConfig):
         return BackendConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
     def sampling(self) -> dict[str, Any]:
-        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        """The request-level (cache-key) settings. ``logprobs`` and ``constrained`` appear only when
+        set, so keys and manifests of builds without them stay as they were."""
+        sampling: dict[str, Any] = {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
+                                    "max_tokens": self.max_tokens}
+        if getattr(self, "logprobs", False):
+            sampling["logprobs"] = True
+        if getattr(self, "constrained", False):
+            sampling["constrained"] = True
+        return sampling
 
 
 def _generator_default() -> RoleConfig:
@@ -85,6 +93,7 @@ class BuildConfig:
 
     problems: str | None = field(default=None, metadata={"help": "Problems file (.jsonl/.parquet) or Hub dataset id."})
     problems_revision: str | None = field(default=None, metadata={"help": "Hub revision when `problems` is a Hub dataset id."})
+    problems_config: str | None = field(default=None, metadata={"help": "Hub dataset config (subset) when `problems` is a Hub id; required when the repo has several, e.g. openai/gsm8k main/socratic."})
     problems_split: str = field(default="train", metadata={"help": "Split to read when `problems` is a Hub dataset id."})
     problem_field: str = field(default="problem", metadata={"help": "Field holding the problem text."})
     answer_field: str | None = field(default="answer", metadata={"help": "Field holding the reference answer (optional; never shown to the verifier)."})
@@ -102,6 +111,7 @@ class BuildConfig:
     chunk_size: int = field(default=64, metadata={"help": "Problems processed per chunk (memory bound; not in the cache key)."})
     shard_rows: int = field(default=50000, metadata={"help": "Rows per Parquet shard."})
     license: str = field(default="other", metadata={"help": "License of the dataset (card metadata), e.g. mit, apache-2.0."})
+    source_datasets: list[str] = field(default_factory=list, metadata={"help": "Hub ids of the datasets the problems come from, e.g. [openai/gsm8k]; shown as source_datasets in the card."})
     push: bool = field(default=False, metadata={"help": "Push the dataset to the Hub when done."})
     hub_repo: str | None = field(default=None, metadata={"help": "Hub dataset repo id for --push."})
     hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main; `auto` = a name derived from the config)."})

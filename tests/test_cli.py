@@ -164,6 +164,7 @@ def test_config_errors_name_role_and_source(tmp_path):
 def test_revision_means_one_thing(tmp_path):
     help_text = CliRunner().invoke(cli, ["build-dataset", "--help"]).output
     assert "--problems-revision" in help_text and "--revision " not in help_text
+    assert "--problems-config" in help_text and "--problems-split" in help_text
     result = build(tmp_path, "--revision", "main")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
@@ -182,6 +183,9 @@ def test_build_dataset_push_takes_the_push_options(tmp_path, monkeypatch):
     class Pushed:
         commit_url = "http://hub/commit/1"
 
+        def summary(self):
+            return "Pushed 6 files (50 KiB) to dataset me/data@run-1"
+
     def fake_push(folder, repo_id, **kwargs):
         calls.append((repo_id, kwargs))
         return Pushed()
@@ -192,6 +196,7 @@ def test_build_dataset_push_takes_the_push_options(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert calls == [("me/data", {"revision": "run-1", "private": True, "overwrite": True,
                                   "endpoint": "http://127.0.0.1:9"})]
+    assert result.output.strip().splitlines()[-1] == "Pushed 6 files (50 KiB) to dataset me/data@run-1: http://hub/commit/1"
 
 
 def test_ctrl_c_says_the_build_is_resumable_and_how(tmp_path, monkeypatch):

@@ -94,6 +94,17 @@ def test_the_generator_model_is_not_checked_when_solutions_are_given(tmp_path):
     assert config.solutions == str(solutions)
 
 
+def test_input_flags_and_request_settings(tmp_path):
+    config = load_build_config(scripted_recipe(tmp_path), ["verifier.logprobs=true"], problems_config="main",
+                               problems_split="test", problems_revision="v1")
+    assert (config.problems_config, config.problems_split, config.problems_revision) == ("main", "test", "v1")
+    # request settings enter the sampling dict (and so the build key) only when set
+    assert config.verifier.sampling() == {"n": 3, "temperature": 0.7, "top_p": 0.95, "max_tokens": 512, "logprobs": True}
+    assert "logprobs" not in config.generator.sampling() and "constrained" not in config.generator.sampling()
+    config = load_build_config(scripted_recipe(tmp_path), ["verifier.constrained=true"])
+    assert config.verifier.sampling()["constrained"] is True
+
+
 # ----------------------------------------------------------------------------- TRL dataclasses
 
 trl = pytest.importorskip("trl")

@@ -19,6 +19,8 @@ def _renamed_revision(ctx, param, value):
 @options.config()
 @click.option("--problems", help="Problems (.jsonl/.parquet) or a Hub dataset id ORG/NAME.")
 @click.option("--problems-revision", help="Hub revision (branch, tag, commit) of --problems.")
+@click.option("--problems-config", help="Hub dataset config (subset) of --problems, e.g. main for openai/gsm8k.")
+@click.option("--problems-split", help="Split of --problems when it is a Hub dataset (default train).")
 @click.option("--revision", "old_revision", hidden=True, expose_value=False, callback=_renamed_revision)
 @click.option("--solutions", type=click.Path(dir_okay=False),
               help="Existing step-split solutions (JSONL with problem + steps): skip generation.")
@@ -35,7 +37,7 @@ def _renamed_revision(ctx, param, value):
 @options.verbose()
 @options.quiet()
 @user_errors
-def build_dataset(config_path, problems, problems_revision, solutions, limit, overrides, output_dir,
+def build_dataset(config_path, problems, problems_revision, problems_config, problems_split, solutions, limit, overrides, output_dir,
                   push, hub_repo, hub_revision, private, overwrite, hub_endpoint, decontaminate, dry_run, pilot,
                   throughput, no_progress, verbose, quiet):
     """Stage I: generate M solutions per problem, verify each N times without the reference,
@@ -50,6 +52,7 @@ def build_dataset(config_path, problems, problems_revision, solutions, limit, ov
 
     config = load_build_config(
         config_path, list(overrides), problems=problems, problems_revision=problems_revision,
+        problems_config=problems_config, problems_split=problems_split,
         solutions=solutions, limit=limit, output_dir=output_dir, push=push, hub_repo=hub_repo,
         hub_revision=hub_revision, **{"contamination.decontaminate": decontaminate},
     )
@@ -78,7 +81,7 @@ def build_dataset(config_path, problems, problems_revision, solutions, limit, ov
             revision = hub.default_revision(config.to_dict())
         pushed = hub.push(result.output_dir, config.hub_repo, revision=revision, private=private,
                           overwrite=overwrite, endpoint=hub_endpoint)
-        click.echo(f"pushed {config.hub_repo}@{revision}: {pushed.commit_url}", err=True)
+        click.echo(pushed.summary() + (f": {pushed.commit_url}" if pushed.commit_url else ""), err=True)
 
 
 def print_summary(result) -> None:

@@ -62,10 +62,7 @@ def push(directory: Path, repo_id: str, revision: str, repo_type: str | None, pr
     if dry_run:
         click.echo(result.render())
         return
-    click.echo(
-        f"Pushed {len(result.files)} files ({hub.format_size(result.total_size)}) to "
-        f"{result.repo_id}@{result.revision}" + (f" (tag {result.tag})" if result.tag else "")
-    )
+    click.echo(result.summary())
     click.echo(result.commit_url or result.commit_sha)
 
 
