@@ -385,12 +385,12 @@ def hub_dataset_id(text: str) -> str | None:
     return text
 
 
-def _rows_digest(rows: list[dict[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
-        h.update(b"\n")
-    return h.hexdigest()
+def _hashed(rows: Iterator[tuple[str, dict[str, Any]]], digest: "hashlib._Hash") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Pass ``rows`` through, feeding each row's canonical JSON to ``digest``."""
+    for where, row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+        digest.update(b"\n")
+        yield where, row
 
 
 def load_hub_problems(
@@ -420,7 +420,8 @@ def load_hub_problems(
 
     Returns:
         ``(problems, provenance)``; provenance holds ``source``, ``revision`` (the commit sha),
-        ``config``, ``split``, ``sha256`` (of the split's rows) and ``rows``.
+        ``config``, ``split``, ``sha256`` (of the rows read: the whole split, or the first ``limit``)
+        and ``rows``.
 
     Raises:
         `SparkHubError`: unknown repo, revision, config or split (the message lists the valid
@@ -471,13 +472,13 @@ def load_hub_problems(
         )
     ds = retry_download(lambda: datasets.load_dataset(repo_id, name=config_name, split=split, revision=sha),
                         target=target, retry=retry)
-    rows = ds.to_list()
     label = f"{where} {config_name or 'default'}/{split}"
-    problems = problems_from_rows(((f"{label}: row {i}", row) for i, row in enumerate(rows)), source=label,
-                                  problem_field=problem_field, answer_field=answer_field, id_field=id_field,
-                                  limit=limit)
+    digest = hashlib.sha256()  # of the rows read (all, or the first `limit`): what this build consumed
+    problems = problems_from_rows(_hashed(((f"{label}: row {i}", row) for i, row in enumerate(ds)), digest),
+                                  source=label, problem_field=problem_field, answer_field=answer_field,
+                                  id_field=id_field, limit=limit)
     provenance = {"source": f"{HUB_PREFIX}{repo_id}", "revision": sha, "config": config_name or "default",
-                  "split": split, "sha256": _rows_digest(rows), "rows": len(problems)}
+                  "split": split, "sha256": digest.hexdigest(), "rows": len(problems)}
     logger.info("read %d problem(s) from %s (config %s, split %s, commit %s)", len(problems), repo_id,
                 provenance["config"], split, sha)
     return problems, provenance
