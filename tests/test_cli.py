@@ -337,3 +337,13 @@ def test_sigint_mid_build_says_how_to_resume_and_the_resume_finishes(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "manifest.json").exists() and len(CallCache(cache)) == 8  # every request cached once: none made twice
+
+
+def test_ctrl_c_in_a_dry_run_does_not_talk_about_resuming(tmp_path, monkeypatch):
+    def interrupted(config, throughput=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("spark_hub.stages.plan.dry_run", interrupted)
+    result = build(tmp_path, "--dry-run")
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == "Interrupted."

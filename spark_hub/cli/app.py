@@ -90,7 +90,7 @@ class SparkGroup(click.Group):
 def interrupted_message(prog_name: str, args: list[str]) -> str:
     """What Ctrl-C prints: for a resumable command, that it is resumable and the exact command."""
     command = next((a for a in args if not a.startswith("-")), None)
-    if command in RESUMABLE:
+    if command in RESUMABLE and "--dry-run" not in args:
         return (f"Interrupted: {RESUMABLE[command]}. Resume with the same command: "
                 f"{shlex.join([prog_name, *args])}")
     return "Interrupted."
