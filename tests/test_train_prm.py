@@ -85,3 +85,62 @@ def test_train_prm_refuses_other_settings_and_unknown_args(tmp_path):
         train_prm(str(base), out, records=_many(4, 2), training_args={"max_steps": 1})
     with pytest.raises(SparkHubError, match="unknown training argument"):
         train_prm(str(base), tmp_path / "x", records=_many(4, 2), training_args={"max_stepz": 1})
+
+
+def test_last_complete_checkpoint_skips_a_half_written_one(tmp_path):
+    from spark_hub.train.prm import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, state in ((1, '{"global_step": 1}'), (2, '{"global_step": 2}'), (3, None), (10, '{"global_st')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+_KILL_SCRIPT = """
+import json, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from transformers import TrainerCallback
+from test_sft_data import _many
+from spark_hub.train.prm import train_prm
+
+kill_at = int(sys.argv[1])
+seen = Path({seen!r})
+
+class Probe(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        with seen.open("a") as f:
+            f.write(f"{{state.global_step}}\\n")
+        if state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train_prm({base!r}, {out!r}, records=_many(12, 2), variant="prm", eval_fraction=0.2,
+          training_args={{"max_steps": 4, "save_steps": 1, "per_device_train_batch_size": 4,
+                         "learning_rate": 5e-3, "max_length": 512}}, callbacks=[Probe()])
+"""
+
+
+@pytest.mark.slow
+def test_train_prm_resumes_after_sigkill(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import env_with_tests_on_path
+
+    base = make_tiny_model(tmp_path / "base")
+    out, seen = tmp_path / "prm", tmp_path / "seen.txt"
+    script = tmp_path / "train.py"
+    script.write_text(_KILL_SCRIPT.format(tests=str(Path(__file__).parent), seen=str(seen), base=str(base),
+                                          out=str(out)))
+    env = env_with_tests_on_path()
+    killed = subprocess.run([sys.executable, str(script), "3"], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "manifest.json").exists()
+    # SIGKILL at the end of step 3, before its checkpoint: checkpoint-2 is the newest complete one
+    done = subprocess.run([sys.executable, str(script), "0"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert seen.read_text().split() == ["1", "2", "3", "3", "4"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["statistics"]["global_step"] == 4

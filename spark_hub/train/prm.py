@@ -108,6 +108,30 @@ def _sft_config(output_dir: Path, overrides: Mapping[str, Any], has_eval: bool):
     return SFTConfig(**args)
 
 
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) reads back.
+
+    A run killed while saving leaves a checkpoint without it (or with a truncated one): that one is
+    skipped and the previous one resumed, instead of failing on the half-written files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = []
+    for path in folder.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            candidates.append((int(name[len("checkpoint-"):]), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            logger.warning("skipping incomplete checkpoint %s", path)
+            continue
+        return str(path)
+    return None
+
+
 def train_prm(
     model: str,
     output_dir: str | Path,
@@ -189,7 +213,6 @@ def train_prm(
     # -- model, trainer, resume -----------------------------------------------------------------
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     load_path = source.load_path()
@@ -210,7 +233,7 @@ def train_prm(
 
         atomic_write_json(key_path, {"build_key": key})
     checkpoints = output_dir / CHECKPOINTS
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     if last:
         logger.info("resuming from %s", last)
     trainer = SFTTrainer(model=net, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -267,4 +290,4 @@ def clean_checkpoints(output_dir: str | Path) -> None:
     shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_TRAINING_ARGS", "build_key", "clean_checkpoints", "train_prm"]
+__all__ = ["DEFAULT_TRAINING_ARGS", "build_key", "clean_checkpoints", "last_complete_checkpoint", "train_prm"]
