@@ -198,6 +198,63 @@ def bare_parse_rate(texts: list[str], n_steps: int = 12, parses: int = 32000) ->
     return len(work) / wall, len(work) / cpu
 
 
+def row_costs(texts: list[str], m: int, n: int) -> dict[str, float]:
+    """CPU microseconds per verification of the per-row parts, on the same texts (best of 3):
+    parse, record -> row (to_dict), schema validation (the verification row plus 1/N of its
+    solution's step-record row), Arrow table + Parquet (zstd) write of the verification rows."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_hub.parsing import parse_solution, parse_verification
+    from spark_hub.records import StepRecord, Verification, arrow_schema
+    from spark_hub.schema import fast_check
+
+    rng = random.Random(2)
+    solution = realistic_solution(rng)
+    parsed = parse_solution(solution)
+    records = []
+    for i, text in enumerate(texts * max(1, 4096 // len(texts))):
+        p = parse_verification(text, 12)
+        records.append(Verification(problem_id=f"p{i // (m * n)}", solution_index=(i // n) % m, index=i % n,
+                                    verifier="bench", raw_text=text, text=p.text, step_verdicts=p.step_verdicts,
+                                    final_verdict=p.final_verdict, parse_status=p.status, expected_steps=12,
+                                    finish_reason="stop", completion_tokens=len(text) // 4))
+    step = StepRecord(problem_id="p0", problem="A bench problem " * 8, reference="1", solution_index=0,
+                      solution=solution, steps=parsed.steps, step_spans=parsed.spans, final_answer=parsed.final_answer,
+                      solution_status=parsed.status, generator="bench", verifier="bench", method="step_consistency",
+                      n_verifications=n, cot_target=texts[0], cot_verification_index=0, cot_verification_id="p0/s0/s0",
+                      cot_exact_match=True, status="ok", labels=[True] * 12, final_label=True, votes_correct=[n - 1] * 12,
+                      votes_incorrect=[1] * 12, agreement=[(n - 1) / n] * 12, step_probs=[0.9] * 12,
+                      final_votes_yes=n - 1, final_votes_no=1, final_prob=0.9, n_parsed=n - 2)
+    rows = [r.to_dict() for r in records]
+    step_rows = [step.to_dict()] * (len(rows) // n)
+    check_v, check_s = fast_check("verification"), fast_check("step_record")
+    schema = arrow_schema(Verification)
+
+    def write():
+        buffer = io.BytesIO()
+        with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+
+    parts = {
+        "parse": lambda: [parse_verification(r.raw_text, 12) for r in records],
+        "to_dict": lambda: [r.to_dict() for r in records],
+        "validate": lambda: ([check_v(r) for r in rows], [check_s(r) for r in step_rows]),
+        "arrow+parquet": write,
+    }
+    costs = {}
+    for name, fn in parts.items():
+        best = float("inf")
+        for _ in range(3):
+            c0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - c0)
+        costs[name] = best / len(records) * 1e6
+    return costs
+
+
 def run_cli(recipe: Path, out: Path) -> tuple[float, float, float]:
     """Run ``spark-hub build-dataset`` in a fresh process: ``(wall s, CPU s, peak RSS MiB)``.
 
@@ -226,6 +283,9 @@ def realistic(sizes: list[int], m: int, n: int) -> None:
           f"M={m}, N={n}, scripted backend; {os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"bare parse rate (parse_verification, same texts, one process): {parse_wall:,.0f}/s wall, "
           f"{parse_cpu:,.0f}/s per CPU second")
+    costs = row_costs(texts, m, n)
+    print("per-row parts, CPU us per verification: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items())
+          + f"; validation / parse = {costs['validate'] / costs['parse']:.2f} (target < 1)")
     print(f"{'verifications':>14} {'CLI s':>7} {'CLI verif/s':>12} {'ratio':>6} {'CPU s':>7} {'verif/CPU s':>12} "
           f"{'ratio':>6} {'peak RSS MiB':>13} {'re-run s':>9} {'re-run/first':>13}")
     for size in sizes:
