@@ -296,3 +296,18 @@ def test_cached_answers_are_reported_as_cached(tmp_path):
     calls.clear()
     cached.generate(requests, on_batch=lambda r, o, cached=False: calls.append((len(r), cached)))
     assert calls == [(2, True), (1, False)]
+
+
+def test_build_failing_before_any_model_call_leaves_nothing_behind(tmp_path):
+    """A backend that fails on its first call (a model that does not load, an unmatched script...)."""
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    mute = tmp_path / "mute.jsonl"
+    mute.write_text(json.dumps({"contains": ["no prompt says this"], "completions": ["x"]}) + "\n")
+    with pytest.raises(SparkHubError, match="matches a request"):
+        run(recipe, out, f"generator.model={mute}")
+    assert not out.exists()
+    # a failure after model calls were cached keeps them for the resume
+    with pytest.raises(SparkHubError, match="matches a request"):
+        run(recipe, out, f"verifier.model={mute}")
+    assert len(CallCache(out / ".spark" / "cache.sqlite")) == 3
+    assert run(recipe, out).model_requests == {"generator": 0, "verifier": 5}

@@ -11,10 +11,13 @@ the current build key is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,18 +297,48 @@ def main(config: BuildConfig, *, progress: bool = True) -> BuildResult:
 
         # ---- from here on this build writes: one writer per output folder and per cache
         cache_file = cache_path(config)
-        with BuildLock(output_dir / ".spark" / "build.lock", output_dir), \
+        spark_dir = output_dir / ".spark"
+        created = [p for p in (output_dir, spark_dir) if not p.exists()]
+        with BuildLock(spark_dir / "build.lock", output_dir), \
                 BuildLock(cache_file.with_name(cache_file.name + ".lock"), cache_file):
             clean_stale_temps(output_dir)
-            return _build(config, inputs, contamination, key, generator_backend, verifier_backend,
-                          progress=progress, t0=t0)
+            try:
+                with contextlib.ExitStack() as stack:
+                    return _build(config, inputs, contamination, key, generator_backend, verifier_backend,
+                                  progress=progress, t0=t0, stack=stack)
+            except BaseException:
+                _remove_if_untouched(created, spark_dir, cache_file)
+                raise
     finally:
         _close(generator_backend, verifier_backend)
 
 
+def _remove_if_untouched(created: list[Path], spark_dir: Path, cache_file: Path) -> None:
+    """After a failed build: remove the ``.spark`` folder (and the output folder) this run created
+    when nothing worth keeping is in it (no cached model call, no staged rows)."""
+    if spark_dir not in created:
+        return
+    own = {"build.lock", cache_file.name, f"{cache_file.name}-wal", f"{cache_file.name}-shm",
+           f"{cache_file.name}-journal", f"{cache_file.name}.lock"}
+    if any(p.is_file() and not (p.parent == spark_dir and p.name in own) for p in spark_dir.rglob("*")):
+        return
+    if cache_file.parent == spark_dir and cache_file.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{cache_file}?mode=ro", uri=True)) as db:
+                if db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            return
+    shutil.rmtree(spark_dir, ignore_errors=True)
+    if spark_dir.parent in created:
+        with contextlib.suppress(OSError):
+            spark_dir.parent.rmdir()
+
+
 def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | None, key: str,
-           generator_backend, verifier_backend, *, progress: bool, t0: float) -> BuildResult:
-    """The build proper, under the locks taken by `main`."""
+           generator_backend, verifier_backend, *, progress: bool, t0: float,
+           stack: contextlib.ExitStack) -> BuildResult:
+    """The build proper, under the locks taken by `main` (``stack`` closes the cache)."""
     output_dir = Path(config.output_dir)
     method = config.aggregation.method
 
@@ -317,7 +350,7 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
                            model_requests={"generator": 0, "verifier": 0}, seconds=time.monotonic() - t0)
 
     # ---- resume from the call cache
-    cache = CallCache(cache_path(config))
+    cache = stack.enter_context(contextlib.closing(CallCache(cache_path(config))))
     verifier = CachedBackend(verifier_backend, cache, batch_size=config.verifier.batch_size)
     generator = (CachedBackend(generator_backend, cache, batch_size=config.generator.batch_size)
                  if generator_backend is not None else None)
