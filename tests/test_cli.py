@@ -291,6 +291,7 @@ def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
 
     result = CliRunner().invoke(cli, ["info", "spark-tester/not-there", "--hub-endpoint", hub_server.endpoint])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.strip().endswith("there is no local folder spark-tester/not-there either)"), result.output
 
 
 def test_spark_hub_alone_prints_the_help():

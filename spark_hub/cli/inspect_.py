@@ -50,7 +50,11 @@ def _resolve(target: str, revision: str | None, endpoint: str | None) -> tuple[P
         raise SparkHubError(f"no such folder: {target}", hint="pass a spark-hub output folder or a Hub repo id ORG/NAME")
     from spark_hub import hub
 
-    folder = hub.download(target, revision=revision, endpoint=endpoint)
+    try:
+        folder = hub.download(target, revision=revision, endpoint=endpoint)
+    except SparkHubError as e:  # it may have been meant as a local folder: say that none exists either
+        hint = "; ".join(h for h in (e.hint, f"there is no local folder {target} either") if h)
+        raise SparkHubError(e.message, where=e.where, hint=hint) from None
     return Path(folder), f"{target}@{revision or 'main'}"
 
 
