@@ -7,6 +7,7 @@ Everything runs against the loopback Hub in ``tests/hub_server.py`` with the unm
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import os
 import re
@@ -362,6 +363,78 @@ def test_failed_push_leaves_remote_and_local_unchanged(hub_server, tmp_path):
     assert tree_bytes(folder) == before, "the local folder is intact"
 
 
+def test_a_push_killed_after_its_commit_landed_is_up_to_date_on_rerun(hub_server, tmp_path):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    hub_server.drop_next(1, path_contains="/commit/", after=True)
+
+    # One attempt only: the commit lands, the answer is lost, the push fails.
+    with pytest.raises(SparkHubError, match="failed after 1 attempt"):
+        hub.push(folder, repo_id, retry=hub.RetryPolicy(attempts=1))
+    landed = hub_server.history(repo_id, "dataset")[0].oid
+
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id])
+    assert cli.exit_code == 0, cli.output
+    assert len(hub_server.history(repo_id, "dataset")) == 2, "nothing committed twice"
+    assert hub.push(folder, repo_id).commit_sha == landed
+
+
+def test_hub_errors_are_one_line_without_progress_bars(hub_server, tmp_path, capfd):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    hub.push(folder, repo_id)
+    (folder / cards.AGREEMENT_PLOT_NAME).unlink()
+    rewrite_manifest(folder)
+    hub_server.fail_next(100, status=500, path_contains="/commit/")
+    capfd.readouterr()
+
+    cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--overwrite"])
+
+    captured = capfd.readouterr()
+    assert cli.exit_code == 2
+    errors = [line for line in cli.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and cli.stderr.rstrip("\n").splitlines()[-1] == errors[0]
+    assert "failed after 4 attempt(s)" in errors[0] and "nothing was committed" in errors[0]
+    for text in (cli.stderr, cli.output, captured.err, captured.out):
+        assert "LFS files" not in text and "it/s" not in text, text
+
+
+def test_push_validates_every_row_before_uploading(hub_server, tmp_path):
+    import pyarrow.parquet as pq
+
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    shard = folder / "data" / "train-00000-of-00001.parquet"
+    rows = pq.read_table(shard).to_pylist()
+    rows[1]["agreement"] = [7.0 for _ in rows[1]["agreement"]] or [7.0]  # agreement is a share: <= 1
+    pq.write_table(pq.read_table(shard).from_pylist(rows, schema=pq.read_schema(shard)), shard)
+    rewrite_manifest(folder)  # the hashes match: only the schema can catch it
+    hub_server.clear_log()
+
+    with pytest.raises(SparkHubError, match="does not match its schema") as invalid:
+        hub.push(folder, repo_id)
+    assert "agreement" in str(invalid.value) and "\n" not in str(invalid.value)
+    with pytest.raises(SparkHubError, match="does not match its schema"):
+        hub.push(folder, repo_id, dry_run=True)
+    assert hub_server.requests == [], "nothing was sent"
+
+
+def test_pushed_readme_and_manifest_agree(hub_server, tmp_path):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    manifest = read_manifest(folder)
+    assert "README.md" not in manifest["files"], "the card is a view of the manifest, not hashed in it"
+
+    hub.push(folder, repo_id)
+    local = hub.download(repo_id, repo_type="dataset", local_dir=tmp_path / "dl")
+
+    remote = hub_server.files(repo_id, "dataset")
+    for path, entry in manifest["files"].items():
+        assert hashlib.sha256(remote[path]).hexdigest() == entry["sha256"], path
+    assert set(remote) == set(manifest["files"]) | {"README.md", "manifest.json", ".gitattributes"}
+    assert (local / "README.md").read_text() == cards.render_card(read_manifest(local), repo_id=repo_id)
+
+
 def test_the_token_is_never_written_pushed_or_logged(hub_server, tmp_path, caplog):
     import datasets
 
@@ -418,6 +491,45 @@ def test_download_needs_a_valid_manifest(hub_server, tmp_path):
         hub.download(repo_id, revision="no-such-branch")
     with pytest.raises(SparkHubError, match="no model or dataset repository"):
         hub.download(unique_repo("missing"))
+
+
+def test_downloads_are_retried_and_worded_as_downloads(hub_server, tmp_path):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    hub.push(folder, repo_id)
+    hub_server.clear_log()
+    # (File GETs also go through huggingface_hub's own backoff; the API calls around them do not.)
+    hub_server.fail_next(2, status=503, path_contains="/api/datasets/")
+    hub_server.drop_next(1, path_contains="/api/datasets/")
+
+    local = hub.download(repo_id, repo_type="dataset", local_dir=tmp_path / "a")
+    assert (local / "manifest.json").read_bytes() == (folder / "manifest.json").read_bytes()
+    assert [r.status for r in hub_server.requests_to(f"/api/datasets/{repo_id}")][:2] == [503, 503]
+
+    hub_server.clear_log()
+    hub_server.fail_next(100, status=503, path_contains="/api/datasets/")
+    with pytest.raises(SparkHubError) as failed:
+        hub.download(repo_id, repo_type="dataset", local_dir=tmp_path / "b")
+    message = str(failed.value)
+    assert message.startswith(f"download of dataset {repo_id}@main failed after 4 attempt(s): ")
+    assert "committed" not in message and "\n" not in message
+    assert len(hub_server.requests_to(f"/api/datasets/{repo_id}")) == 4
+    hub_server.clear_faults()
+
+    # The helper for other downloads (e.g. datasets.load_dataset of --problems ORG/NAME).
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("connection reset by peer")
+        return "rows"
+
+    assert hub.retry_download(flaky, target=f"dataset {repo_id}") == "rows" and len(calls) == 3
+    with pytest.raises(SparkHubError, match=r"^download of dataset x/y failed after 4 attempt\(s\): ConnectionError"):
+        hub.retry_download(lambda: (_ for _ in ()).throw(ConnectionError("down")), target="dataset x/y")
+    with pytest.raises(SparkHubError, match="repository not found"):
+        hub.retry_download(lambda: _api(hub_server).dataset_info(unique_repo("missing")), target="dataset x/z")
 
 
 def test_resolve_hub_dataset_pins_the_commit(hub_server):
