@@ -2,6 +2,8 @@
 
 import json
 import os
+import random
+import re
 
 import pytest
 
@@ -56,3 +58,45 @@ def test_parsers_never_raise(text):
 
 def test_strip_think_keeps_text_outside_blocks():
     assert strip_think("a<think>b</think>c") == "ac"
+
+
+# ----------------------------------------------------------------------------- optimised parser vs the spec
+
+_REF_HEADER = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*(?:\*\*)?|\*\*)[ \t]*step[ \t]*(\d+)\b", re.I | re.M)
+_REF_VERDICT = re.compile(r"this[ \t]+step[ \t]+is[ \t]+(?:\*\*)?[ \t]*(correct|incorrect|wrong|right)\b", re.I)
+_REF_FINAL = re.compile(r"is[ \t]+the[ \t]+answer[ \t]+correct[ \t]*\(?[ \t]*yes[ \t]*/[ \t]*no[ \t]*\)?[ \t]*\??"
+                        r"[ \t*_:]*(?:\\boxed\{)?[ \t*_]*(yes|no)\b", re.I)
+
+
+def reference_parse(text, expected_steps):
+    """The documented rules, written plainly (slow): what `parse_verification` must return."""
+    clean = strip_think(text or "")
+    if not clean:
+        return ([], None, "empty")
+    starts = [m.start() for m in _REF_HEADER.finditer(clean)]
+    verdicts = [None] * len(starts)
+    for v in _REF_VERDICT.finditer(clean):
+        blocks = [i for i, s in enumerate(starts) if s <= v.start()]
+        if blocks:
+            verdicts[blocks[-1]] = v.group(1).lower() in ("correct", "right")
+    finals = list(_REF_FINAL.finditer(clean))
+    final = finals[-1].group(1).lower() == "yes" if finals else None
+    status = ("no_steps" if not starts else "no_final_verdict" if final is None else "missing_step_verdict"
+              if None in verdicts else "step_count_mismatch" if expected_steps is not None and len(verdicts) != expected_steps
+              else "ok")
+    return (verdicts, final, status)
+
+
+FRAGMENTS = ["## Step 1: a\n", "### **Step 2** b\n", "**Step 3:** c\n", "step 4 ", "This step is correct.",
+             "this  step is **incorrect**", "\nthis step\tis wrong", "<think>", "</think>", "\n####### Step 9\n",
+             "Verification: Is the answer correct (Yes/No)? Yes", "is the answer correct (yes/no)? no", "\n", "  ",
+             "#", "**", "footstep 5", "\n## STEP 12\n", "\n> ## Step 2\n", "this step is right", "\n\t** step 7 x"]
+
+
+def test_parse_verification_agrees_with_the_plain_reference():
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 20)))
+        for expected in (None, 2):
+            parsed = parse_verification(text, expected_steps=expected)
+            assert (parsed.step_verdicts, parsed.final_verdict, parsed.status) == reference_parse(text, expected), text
