@@ -191,7 +191,7 @@ def record(schema_name: str, *, derived: tuple[Derived, ...] = ()) -> Callable[[
                 cols.insert(at, Column(d.name, d.attr or d.name, d.type, d.doc, d.schema, derived=True))
         cls.SCHEMA = schema_name
         cls.COLUMNS = tuple(cols)
-        # to_dict as one generated dict literal (a loop over COLUMNS costs ~3x on 100k rows)
+        # to_dict as one generated dict literal: 1.2-1.5 us per Verification, a loop over COLUMNS 2.4-2.6 us
         body = ", ".join(f"{c.name!r}: self.{c.attr}" for c in cols)
         namespace: dict[str, Any] = {}
         exec(f"def to_dict(self):\n    return {{{body}}}\n", namespace)
