@@ -29,7 +29,7 @@ from hub_fixtures import (  # noqa: F401 - `hub_server` is a fixture
     unique_repo,
 )
 from spark_hub import cards, hub
-from spark_hub.cli_push import push as push_command
+from spark_hub.cli.push import push as push_command
 from spark_hub.errors import SparkHubError
 from spark_hub.manifest import new_manifest, read_manifest, write_manifest
 
@@ -411,10 +411,10 @@ def test_push_validates_every_row_before_uploading(hub_server, tmp_path):
     rewrite_manifest(folder)  # the hashes match: only the schema can catch it
     hub_server.clear_log()
 
-    with pytest.raises(SparkHubError, match="does not match its schema") as invalid:
+    with pytest.raises(SparkHubError, match="does not match its schema or manifest") as invalid:
         hub.push(folder, repo_id)
     assert "agreement" in str(invalid.value) and "\n" not in str(invalid.value)
-    with pytest.raises(SparkHubError, match="does not match its schema"):
+    with pytest.raises(SparkHubError, match="does not match its schema or manifest"):
         hub.push(folder, repo_id, dry_run=True)
     assert hub_server.requests == [], "nothing was sent"
 
@@ -530,6 +530,38 @@ def test_downloads_are_retried_and_worded_as_downloads(hub_server, tmp_path):
         hub.retry_download(lambda: (_ for _ in ()).throw(ConnectionError("down")), target="dataset x/y")
     with pytest.raises(SparkHubError, match="repository not found"):
         hub.retry_download(lambda: _api(hub_server).dataset_info(unique_repo("missing")), target="dataset x/z")
+
+
+def test_read_remote_manifest_fetches_only_the_manifest(hub_server, tmp_path):
+    repo_id = unique_repo("ds")
+    folder = make_dataset_folder(tmp_path / "out")
+    pushed = hub.push(folder, repo_id, revision="run-1")
+    hub_server.clear_log()
+
+    manifest, sha = hub.read_remote_manifest(repo_id, "run-1")
+
+    assert manifest == read_manifest(folder) and sha == pushed.commit_sha
+    fetched = {r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub_server.requests if "/resolve/" in r.path}
+    assert fetched == {"manifest.json"}
+    with pytest.raises(SparkHubError, match="branches: main, run-1"):
+        hub.read_remote_manifest(repo_id, "run-2")
+
+
+def test_a_dry_run_that_cannot_reach_the_hub_says_so(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_TOKEN", "hf_offline_dry_run_token")
+    folder = make_dataset_folder(tmp_path / "out")
+
+    plan = hub.push(folder, "org/spark-demo", dry_run=True, endpoint=endpoint)
+
+    assert plan.dry_run and not plan.remote_checked and not plan.up_to_date
+    assert "remote:   not checked (the Hub could not be reached" in plan.render()
+    with pytest.raises(SparkHubError, match="failed after 4 attempt"):
+        hub.push(folder, "org/spark-demo", endpoint=endpoint)
 
 
 def test_resolve_hub_dataset_pins_the_commit(hub_server):

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from spark_hub.hub.download import download, resolve_hub_dataset
+from spark_hub.hub.download import download, read_remote_manifest, resolve_hub_dataset
 from spark_hub.hub.push import (
     ALWAYS_IGNORED,
     CARD_NAME,
@@ -84,6 +84,7 @@ __all__ = [
     "push",
     "push_checkpoint_async",
     "quiet_hub",
+    "read_remote_manifest",
     "require_token",
     "resolve_hub_dataset",
     "retry_download",

@@ -67,6 +67,63 @@ def _verify_files(folder: Path, manifest: dict[str, Any], where: str) -> None:
                                 hint="the download is corrupt or the artifact was modified; retry or re-push")
 
 
+def _fetch_manifest(api, repo_id: str, repo_type: str, sha: str, target: str, retry: RetryPolicy,
+                    local_dir: str | None) -> Path:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(retry_download(
+            lambda: api.hf_hub_download(repo_id, MANIFEST_NAME, repo_type=repo_type, revision=sha, local_dir=local_dir),
+            target=target, retry=retry,
+        ))
+    except SparkHubError as error:
+        if isinstance(error.__cause__, EntryNotFoundError):
+            raise SparkHubError(
+                f"{target} has no {MANIFEST_NAME}, so it is not a spark-hub artifact",
+                hint="publish artifacts with `spark-hub push DIR REPO_ID`",
+            ) from error.__cause__
+        raise
+
+
+def _read(folder: Path, where: str) -> dict[str, Any]:
+    try:
+        return read_manifest(folder)
+    except SparkHubError as error:
+        raise SparkHubError(f"invalid {MANIFEST_NAME}: {error.message}", where=where,
+                            hint="this artifact was not written by a compatible spark-hub") from error
+
+
+def read_remote_manifest(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    repo_type: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The validated manifest of a Hub artifact, without downloading anything else.
+
+    Args:
+        repo_id: ``namespace/name``.
+        revision: branch, tag or commit (default ``main``).
+        repo_type: ``"model"`` or ``"dataset"``; tried in that order when None.
+
+    Returns:
+        ``(manifest, commit_sha)``: the manifest at the commit ``revision`` resolved to.
+
+    Raises:
+        `SparkHubError`: unknown repo or revision, no or an invalid ``manifest.json``, or a
+            download that kept failing.
+    """
+    retry = retry or default_retry()
+    api = api_for(endpoint, token)
+    repo_type, sha = _resolve_repo(api, repo_id, repo_type, revision, retry)
+    target = f"{repo_type} {repo_id}@{revision or DEFAULT_REVISION}"
+    path = _fetch_manifest(api, repo_id, repo_type, sha, target, retry, None)
+    return _read(path.parent, f"{repo_id}@{sha[:8]}"), sha
+
+
 def download(
     repo_id: str,
     *,
@@ -101,31 +158,17 @@ def download(
         `SparkHubError`: unknown repo or revision, no ``manifest.json``, an invalid manifest, files
             that do not match it, or a download that kept failing.
     """
-    from huggingface_hub.errors import EntryNotFoundError
-
     retry = retry or default_retry()
     api = api_for(endpoint, token)
     repo_type, sha = _resolve_repo(api, repo_id, repo_type, revision, retry)
     target = f"{repo_type} {repo_id}@{revision or DEFAULT_REVISION}"
     into = str(local_dir) if local_dir else None
-    try:
-        retry_download(lambda: api.hf_hub_download(repo_id, MANIFEST_NAME, repo_type=repo_type, revision=sha,
-                                                   local_dir=into), target=target, retry=retry)
-    except SparkHubError as error:
-        if isinstance(error.__cause__, EntryNotFoundError):
-            raise SparkHubError(
-                f"{target} has no {MANIFEST_NAME}, so it is not a spark-hub artifact",
-                hint="publish artifacts with `spark-hub push DIR REPO_ID`",
-            ) from error.__cause__
-        raise
+    # The manifest first: a repo that is not a valid artifact fails before any large file is fetched.
+    _read(_fetch_manifest(api, repo_id, repo_type, sha, target, retry, into).parent, f"{repo_id}@{sha[:8]}")
     path = Path(retry_download(lambda: api.snapshot_download(repo_id, repo_type=repo_type, revision=sha,
                                                              local_dir=into), target=target, retry=retry))
     where = f"{repo_id}@{sha[:8]}"
-    try:
-        manifest = read_manifest(path)
-    except SparkHubError as error:
-        raise SparkHubError(f"invalid {MANIFEST_NAME}: {error.message}", where=where,
-                            hint="this artifact was not written by a compatible spark-hub") from error
+    manifest = _read(path, where)
     if verify:
         _verify_files(path, manifest, where)
     logger.info("downloaded %s %s (%s) to %s", manifest["kind"], target, sha[:8], path)
@@ -165,4 +208,4 @@ def resolve_hub_dataset(
     return Path(path), sha
 
 
-__all__ = ["download", "resolve_hub_dataset"]
+__all__ = ["download", "read_remote_manifest", "resolve_hub_dataset"]

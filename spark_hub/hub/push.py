@@ -261,17 +261,17 @@ def _bytes_file(path: str, data: bytes) -> PlannedFile:
 
 
 def _validate_records(folder: Path) -> None:
-    """Every row of a dataset folder against its schema, before anything is uploaded."""
-    from spark_hub.validate import validate_path
+    """`spark_hub.validate.validate_dataset`: every row against its schema, the files and row counts
+    against the manifest, before anything is uploaded."""
+    from spark_hub.validate import validate_dataset
 
-    errors, checked = validate_path(folder, max_errors=5)
+    errors = validate_dataset(folder, max_errors=5)
     if errors:
         more = "" if len(errors) == 1 else f" (and {len(errors) - 1}+ more)"
         raise SparkHubError(
-            f"the dataset does not match its schema: {errors[0]}{more}", where=str(folder),
+            f"the dataset does not match its schema or manifest: {errors[0]}{more}", where=str(folder),
             hint=f"`spark-hub validate {folder}` lists the errors; rebuild the dataset",
         )
-    logger.debug("validated %d records in %s", checked, folder)
 
 
 def plan_push(
