@@ -277,6 +277,8 @@ def test_info_of_a_missing_folder_is_one_line(tmp_path):
 
 
 def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
+    from huggingface_hub import HfApi
+
     from spark_hub import hub
 
     assert build(tmp_path, "--limit", "1").exit_code == 0
@@ -292,6 +294,15 @@ def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
     result = CliRunner().invoke(cli, ["info", "spark-tester/not-there", "--hub-endpoint", hub_server.endpoint])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.strip().endswith("there is no local folder spark-tester/not-there either)"), result.output
+
+    # sft-data reads the pushed records through the same download, and records which commit it read
+    sft = tmp_path / "sft"
+    result = CliRunner().invoke(cli, ["sft-data", repo, "--revision", "run-1", "--variant", "orm", "--output-dir",
+                                      str(sft), "--hub-endpoint", hub_server.endpoint])
+    assert result.exit_code == 0, result.output
+    source = json.loads((sft / "manifest.json").read_text())["inputs"]["step_records"]
+    assert source["source"] == f"hf://datasets/{repo}" and source["revision"] == "run-1"
+    assert source["commit"] == HfApi(endpoint=hub_server.endpoint).dataset_info(repo, revision="run-1").sha
 
 
 def test_spark_hub_alone_prints_the_help():
@@ -348,3 +359,72 @@ def test_ctrl_c_in_a_dry_run_does_not_talk_about_resuming(tmp_path, monkeypatch)
     result = build(tmp_path, "--dry-run")
     assert result.exit_code == 130
     assert result.output.strip().splitlines()[-1] == "Interrupted."
+
+
+# ----------------------------------------------------------------------------- Stage II commands
+
+
+def test_sft_data_from_a_build(tmp_path):
+    import hashlib
+
+    assert build(tmp_path).exit_code == 0
+    out, sft = tmp_path / "out", tmp_path / "sft"
+    result = CliRunner().invoke(cli, ["sft-data", str(out), "--output-dir", str(sft), "--variant", "prm",
+                                      "--eval-fraction", "0.3"])
+    assert result.exit_code == 0, result.output
+    labelled = [r for r in read_rows(out) if r["status"] == "ok" and r["labels"] is not None]
+    lines = [json.loads(line) for split in ("train", "eval") for line in (sft / "data" / f"{split}.jsonl").read_text().splitlines()]
+    assert len(lines) == len(labelled) and {row["id"] for row in lines} == {r["id"] for r in labelled}
+    assert all(row["completion"][0]["content"].startswith("Step 1:") for row in lines)
+    assert result.output.strip().endswith(f"examples from {len(read_rows(out))} records -> {sft}")
+    manifest = json.loads((sft / "manifest.json").read_text())
+    source = manifest["inputs"]["step_records"]
+    assert source["sha256"] == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    assert source["build_key"] == json.loads((out / "manifest.json").read_text())["build_key"]
+
+    result = CliRunner().invoke(cli, ["sft-data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "x").exists()
+
+
+def processbench_data(folder):
+    folder.mkdir()
+    cases = [
+        {"id": "gsm8k-0", "problem": "1+1?", "steps": ["1+1=2", "So 2."], "label": -1},
+        {"id": "gsm8k-1", "problem": "2+2?", "steps": ["2+2=5", "So 5."], "label": 0},
+        {"id": "gsm8k-2", "problem": "3+3?", "steps": ["3+3=6", "6*1=7", "So 7."], "label": 1},
+        {"id": "gsm8k-3", "problem": "4+4?", "steps": ["4+4=8", "So 8."], "label": -1},
+    ]
+    (folder / "gsm8k.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+    return folder
+
+
+def test_eval_processbench_with_predictions_and_with_a_critic(tmp_path):
+    data = processbench_data(tmp_path / "pb")
+    predictions = tmp_path / "preds.jsonl"
+    # error cases: 1 of 2 right (50%); correct cases: 2 of 2 right (100%) -> F1 = 2*50*100/150 = 66.7
+    rows = [("gsm8k-0", -1), ("gsm8k-1", 0), ("gsm8k-2", 2), ("gsm8k-3", -1)]
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in rows))
+    output = tmp_path / "results.json"
+    result = CliRunner().invoke(cli, ["eval", "processbench", "--data", str(data), "--predictions", str(predictions),
+                                      "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    assert round(results["splits"]["gsm8k"]["f1"], 1) == 66.7, results
+    assert "66.7" in result.output
+
+    # a scripted critic answers \boxed{0} for "2+2?" and \boxed{-1} otherwise; its calls are cached for a resume
+    critic = tmp_path / "critic.jsonl"
+    critic.write_text(json.dumps({"contains": ["2+2?"], "completions": ["The first step is wrong. \\boxed{0}"]}) + "\n"
+                      + json.dumps({"completions": ["All fine. \\boxed{-1}"]}) + "\n")
+    args = ["eval", "processbench", "--data", str(data), "--critic", str(critic), "--critic-backend", "scripted",
+            "--output", str(tmp_path / "critic.json"), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "critic.json").read_text())["splits"]["gsm8k"]
+    assert round(metrics["f1"], 1) == 66.7, metrics  # gsm8k-2's error at step 1 missed
+    assert (tmp_path / "critic.cache.sqlite").exists()
+
+    result = CliRunner().invoke(cli, ["eval", "processbench", "--data", str(data)])
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: give exactly one of --prm, --critic or --predictions"

@@ -86,7 +86,7 @@ def provenance_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
 
 @click.command()
 @click.argument("target", metavar="PATH_OR_REPO")
-@click.option("--revision", "--hub-revision", "revision", default=None, metavar="REV",
+@click.option("--revision", default=None, metavar="REV",
               help="With a Hub repo id: the branch, tag or commit to read (default main).")
 @options.hub_endpoint()
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")

@@ -4,8 +4,12 @@ Each name below is a decorator factory: ``@options.config()``; pass ``help=`` wh
 its own wording. `hub_push` bundles the publishing options that ``build-dataset --push`` and
 ``push`` share, so every command that publishes takes the same flags with the same meaning.
 
-Naming rule: ``--hub-*`` options are about the Hub *target* (repo, branch, endpoint). An *input*
-revision is named after its input (``--problems-revision``), never a bare ``--revision``.
+Naming rule for revisions, the same in every command:
+
+- ``--revision`` is the revision of the command's positional repo argument: the branch ``push``
+  writes to, the revision ``info`` / ``sft-data`` read;
+- an input given by an option names its revision after it: ``--problems-revision``, ``--prm-revision``;
+- ``--hub-revision`` is the branch a ``--push`` at the end of a command writes to.
 """
 
 from __future__ import annotations

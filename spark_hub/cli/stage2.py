@@ -1,0 +1,189 @@
+"""Stage II commands: ``spark-hub sft-data`` (SFT pairs from step records) and ``spark-hub eval
+processbench`` (a PRM, a prompted critic or a predictions file on ProcessBench).
+
+The commands only map options onto `spark_hub.train.sft_data` and `spark_hub.evaluate.processbench`;
+the work, its checks and its errors are there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spark_hub.cli import options
+from spark_hub.cli.app import setup_logging, user_errors
+from spark_hub.errors import SparkHubError
+
+
+def _records_source(dataset: str, revision: str | None, endpoint: str | None) -> tuple[str | Path, dict[str, Any]]:
+    """Where to read step records from, and their provenance for the SFT manifest: a local dataset
+    folder or file (content hash), or a Hub dataset downloaded and checked through `spark_hub.hub`."""
+    path = Path(dataset)
+    if path.exists():
+        manifest = path / "manifest.json"
+        if path.is_dir() and manifest.is_file():
+            # the manifest lists the sha256 of every file: its own hash stands for the whole dataset
+            digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+            build_key = json.loads(manifest.read_text()).get("build_key")
+            return path, {"source": str(path.resolve()), "sha256": digest, "build_key": build_key}
+        if path.is_file():
+            from spark_hub.io import sha256_file
+
+            return path, {"source": str(path.resolve()), "sha256": sha256_file(path)}
+        raise SparkHubError(f"{dataset} has no manifest.json", hint="pass a spark-hub dataset folder, a records file or a Hub id")
+    parts = dataset.split("/")
+    if len(parts) != 2 or not all(parts) or dataset.startswith((".", "~")):
+        raise SparkHubError(f"no such file or folder: {dataset}", hint="pass a spark-hub dataset folder, a records file or a Hub id ORG/NAME")
+    from spark_hub import hub
+
+    folder = Path(hub.download(dataset, revision=revision, repo_type="dataset", endpoint=endpoint))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return folder, {"source": f"hf://datasets/{dataset}", "revision": revision or "main",
+                    "commit": folder.name if len(folder.name) == 40 else None,
+                    "sha256": hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest(),
+                    "build_key": manifest.get("build_key")}
+
+
+@click.command("sft-data")
+@click.argument("dataset", metavar="DATASET")
+@click.option("--variant", type=click.Choice(["orm", "prm", "prm_cot"]), default="prm", show_default=True,
+              help="orm: Yes/No target; prm: one Correct/Incorrect line per step, then the final verdict; "
+                   "prm_cot: the record's chain-of-thought verification.")
+@click.option("--revision", metavar="REV",
+              help="With a Hub dataset id: its branch, tag or commit (default main).")
+@options.output_dir(required=True, help="Output folder (a Hub-style dataset: data/train.jsonl, data/eval.jsonl, manifest).")
+@click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of PROBLEMS held out for evaluation (no problem is in both splits).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/eval split.")
+@click.option("--drop-inexact-cot", is_flag=True,
+              help="prm_cot: drop records whose CoT target does not match the aggregated labels exactly.")
+@options.hub_endpoint()
+@options.verbose()
+@user_errors
+def sft_data(dataset, variant, revision, output_dir, eval_fraction, seed, drop_inexact_cot, hub_endpoint, verbose):
+    """Make SFT pairs (conversational prompt/completion) for a generative RM from step records.
+
+    DATASET is a spark-hub dataset folder, a records file, or a Hub dataset id ORG/NAME. Only
+    labelled records are used; the statistics say how many were skipped and why. Publish the
+    result with `spark-hub push`.
+    """
+    setup_logging(verbose)
+    from spark_hub.records import read_records
+    from spark_hub.train.sft_data import make_sft_data, write_sft_dataset
+
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise SparkHubError(f"output folder {out} is not empty and is not a spark-hub dataset",
+                            hint="choose a new --output-dir; spark-hub never overwrites other files")
+    where, source = _records_source(dataset, revision, hub_endpoint)
+    records = read_records(where)
+    data = make_sft_data(records, variant, eval_fraction=eval_fraction, seed=seed,
+                         keep_inexact_cot=not drop_inexact_cot)
+    write_sft_dataset(out, data, source=source)
+    click.echo(f"{variant}: {len(data.train)} train / {len(data.eval)} eval examples from {len(records)} "
+               f"records -> {out}")
+
+
+@click.group("eval")
+def eval_group():
+    """Evaluate PRMs and critics."""
+
+
+def _split_list(ctx, param, values):
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None
+
+
+@eval_group.command("processbench")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of ProcessBench split files (<split>.jsonl with id, problem, steps, label).")
+@click.option("--prm", metavar="PATH_OR_REPO", help="A PRM folder or Hub repo (spark_hub.load_prm).")
+@click.option("--critic", metavar="MODEL", help="A chat model prompted with the official critic template.")
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False),
+              help="A JSONL file of {\"id\", \"prediction\"} rows made anywhere.")
+@click.option("--prm-revision", "revision", metavar="REV", help="With --prm ORG/NAME: its branch, tag or commit.")
+@click.option("--critic-backend", default="transformers", show_default=True,
+              help="Backend for --critic: transformers, vllm, openai (see build-dataset's roles).")
+@click.option("--base-url", metavar="URL", help="openai backend: the server URL.")
+@click.option("--voting", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--critic: majority over K samples (1 = greedy).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=8192, show_default=True, help="--critic: tokens per answer.")
+@click.option("--seed", type=int, default=42, show_default=True, help="--critic: sampling seed.")
+@click.option("--splits", multiple=True, callback=_split_list, metavar="NAMES",
+              help="Splits to run, e.g. --splits gsm8k,math (default: every split in --data).")
+@options.limit(help="Use only the first N cases of each split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Cases per engine call.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Results JSON (and a bar chart next to it, .png).")
+@click.option("--cache", type=click.Path(dir_okay=False),
+              help="--critic: call cache to resume from (default: OUTPUT with .cache.sqlite, if --output).")
+@options.hub_endpoint()
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@options.verbose()
+@user_errors
+def processbench(data_dir, prm, critic, predictions, revision, critic_backend, base_url, voting, max_tokens, seed,
+                 splits, limit, batch_size, output, cache, hub_endpoint, no_progress, verbose):
+    """ProcessBench: find the earliest wrong step; F1 per split (official metric) and their mean.
+
+    Give exactly one scorer: --prm, --critic or --predictions. With --prm a local PRM folder, the
+    results are also recorded in its manifest (and so in its card's model-index on the next push).
+    """
+    setup_logging(verbose)
+    from spark_hub.evaluate import processbench as pb
+    from spark_hub.progress import StageProgress
+
+    given = [name for name, value in (("--prm", prm), ("--critic", critic), ("--predictions", predictions)) if value]
+    if len(given) != 1:
+        raise SparkHubError("give exactly one of --prm, --critic or --predictions"
+                            + (f" (got {', '.join(given)})" if given else ""))
+    scorer: dict[str, Any] = {}
+    closing = None
+    if critic:
+        from spark_hub.backends.base import BackendConfig, load_backend
+
+        backend = load_backend(BackendConfig(backend=critic_backend, model=critic, base_url=base_url,
+                                             batch_size=batch_size))
+        closing = backend
+        cache_path = Path(cache) if cache else (Path(output).with_suffix(".cache.sqlite") if output else None)
+        if cache_path is not None:
+            from spark_hub.cache import CachedBackend, CallCache
+
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            backend = CachedBackend(backend, CallCache(cache_path), batch_size=batch_size)
+        scorer["critic"] = backend
+    elif prm:
+        local = Path(prm).is_dir()
+        if local:
+            scorer["prm"] = prm
+        else:
+            from spark_hub.prm import load_prm
+
+            scorer["prm"] = load_prm(prm, revision=revision, endpoint=hub_endpoint)
+    else:
+        scorer["predictions"] = predictions
+
+    with StageProgress(enabled=not no_progress and not predictions) as bar:
+        seen = {"done": 0}
+
+        def progress(done: int, total: int) -> None:
+            if seen["done"] == 0:
+                bar.add("evaluate", total)
+                bar.start("evaluate")
+            bar.advance("evaluate", done - seen["done"])
+            seen["done"] = done
+
+        try:
+            results = pb.run(data_dir, splits=splits, limit=limit, voting=voting, max_tokens=max_tokens, seed=seed,
+                             batch_size=batch_size, output=output, progress=progress, **scorer)
+        finally:
+            if closing is not None and hasattr(closing, "close"):
+                closing.close()
+    click.echo(pb.format_table(results))
+    if prm and Path(prm).is_dir():
+        pb.record_results(prm, results)
+        click.echo(f"recorded in {Path(prm) / 'manifest.json'}", err=True)
+    if output:
+        click.echo(f"wrote {output}", err=True)
