@@ -160,3 +160,18 @@ def test_validate_checks_readme_when_the_manifest_lists_it(tmp_path):
     (folder / "README.md").write_text((folder / "README.md").read_text().replace("spark-hub", "spark-hub!"))
     errors = validate_dataset(folder)
     assert len(errors) == 1 and errors[0].startswith(f"{folder / 'README.md'}: ") and "manifest.json" in errors[0]
+
+
+def test_a_v1_dataset_reads_back_from_the_hub_as_v2_records(hub_server, tmp_path):
+    from hub_fixtures import unique_repo
+    from spark_hub import hub
+
+    repo_id = unique_repo("v1")
+    folder = tmp_path / "v1"
+    shutil.copytree(DATA / "v1_dataset", folder)
+    hub.push(folder, repo_id)
+    records = read_records(repo_id)
+    assert [r.to_dict() for r in records] == [StepRecord.from_dict(row).to_dict() for row in read_rows(folder)]
+    assert all(r.schema_version == "2" and r.step_spans is None for r in records)
+    verifications = read_records(repo_id, config="verifications")
+    assert {v.kind for v in verifications} == {"sample", "critique", "merged"}
