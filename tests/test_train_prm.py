@@ -144,3 +144,33 @@ def test_train_prm_resumes_after_sigkill(tmp_path):
     assert seen.read_text().split() == ["1", "2", "3", "3", "4"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["statistics"]["global_step"] == 4
+
+
+def test_main_trains_from_one_recipe_and_reruns_as_a_no_op(tmp_path, monkeypatch, capsys):
+    from spark_hub.train.prm import main
+
+    base = make_tiny_model(tmp_path / "base")
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in _many(8, 2)))
+    recipe = tmp_path / "train-prm.yaml"
+    recipe.write_text(
+        f"dataset: {records}\nvariant: prm\neval_fraction: 0.25\n"  # PRMTrainArgs
+        f"model_name_or_path: {base}\n"  # ModelConfig
+        "max_steps: 2\nper_device_train_batch_size: 4\nlearning_rate: 0.001\nmax_length: 512\n"  # SFTConfig
+        "save_steps: 1\nreport_to: none\nactivation_checkpointing: false\n"
+    )
+    out = tmp_path / "prm"
+    assert main(["--config", str(recipe), "--output-dir", str(out), "--set", "seed=3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["statistics"]["global_step"] == 2 and manifest["config"]["training_args"]["seed"] == 3
+    assert manifest["inputs"]["sft_data"]["source"] == str(records)
+    assert (out / "prm_spec.json").is_file() and (out / "model.safetensors").is_file()
+
+    import trl
+
+    monkeypatch.setattr(trl, "SFTTrainer", lambda *a, **k: pytest.fail("a finished run must not train again"))
+    assert main(["--config", str(recipe), "--output-dir", str(out), "--set", "seed=3"]) == 0
+
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(recipe), "--output-dir", str(tmp_path / "other"), "--set", "learning_rat=1"])
+    assert info.value.code == 2 and "unknown key learning_rat" in capsys.readouterr().err

@@ -54,6 +54,12 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
 }
 
 
+#: SFTConfig fields that do not change the trained model (left out of the build key).
+_NOT_IN_KEY = {"output_dir", "logging_dir", "hub_token", "report_to", "logging_steps", "save_steps",
+               "save_total_limit", "save_strategy", "disable_tqdm", "push_to_hub", "hub_model_id",
+               "dataloader_num_workers", "run_name", "eval_steps", "eval_strategy", "logging_strategy"}
+
+
 def _json_safe(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -146,6 +152,7 @@ def train_prm(
     keep_inexact_cot: bool = True,
     inputs: Mapping[str, Any] | None = None,
     trust_remote_code: bool = False,
+    dtype: str | None = None,
     callbacks: Sequence[Any] = (),
 ) -> Path:
     """Fine-tune ``model`` into a generative PRM and write it to ``output_dir``.
@@ -158,7 +165,9 @@ def train_prm(
             ``eval_fraction``, ``seed`` and ``keep_inexact_cot``.
         revision: Hub revision of the base model.
         training_args: `trl.SFTConfig` fields over `DEFAULT_TRAINING_ARGS` (``max_steps``,
-            ``learning_rate``, ``report_to``...).
+            ``learning_rate``, ``report_to``...), or a resolved `trl.SFTConfig` used as it is (its
+            ``output_dir`` is replaced by the checkpoint folder).
+        dtype: weights dtype for training (default: bfloat16 when ``bf16`` is on, else float32).
         inputs: provenance of the data for the manifest, e.g. ``{"source": "org/steps", "revision": sha}``
             (recorded as ``inputs.sft_data`` beside the sha256 of the examples).
         callbacks: extra `transformers.TrainerCallback` objects.
@@ -191,9 +200,14 @@ def train_prm(
     # -- base model and build key ---------------------------------------------------------------
     source = resolve_model(BackendConfig(model=model, revision=revision, trust_remote_code=trust_remote_code))
     base = {"id": model, **source.provenance()}
-    overrides = dict(training_args or {})
+    given_config = None
+    if training_args is not None and not isinstance(training_args, Mapping):  # a resolved trl.SFTConfig
+        given_config = training_args
+        overrides = {k: v for k, v in given_config.to_dict().items() if k not in _NOT_IN_KEY}
+    else:
+        overrides = dict(training_args or {})
     data_hash = _examples_hash(sft.train + sft.eval)
-    key = build_key({"fingerprint": base["fingerprint"]}, data_hash, variant, overrides)
+    key = build_key({"fingerprint": base["fingerprint"], "dtype": dtype}, data_hash, variant, overrides)
     manifest_path = output_dir / MANIFEST_NAME
     if manifest_path.is_file():
         try:
@@ -220,9 +234,18 @@ def train_prm(
     tokenizer = AutoTokenizer.from_pretrained(load_path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    config = _sft_config(output_dir, overrides, has_eval=bool(sft.eval))
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    net = AutoModelForCausalLM.from_pretrained(load_path, dtype=dtype, **kwargs)
+    if given_config is not None:
+        config = given_config
+        config.output_dir = str(output_dir / CHECKPOINTS)
+    else:
+        config = _sft_config(output_dir, overrides, has_eval=bool(sft.eval))
+    if dtype in (None, "auto"):
+        torch_dtype = torch.bfloat16 if config.bf16 else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise SparkHubError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
+    net = AutoModelForCausalLM.from_pretrained(load_path, dtype=torch_dtype, **kwargs)
     train_ds, eval_ds = _datasets(sft.train, sft.eval)
 
     from accelerate import PartialState
@@ -285,9 +308,88 @@ def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, c
     logger.info("PRM written to %s (%s, %d steps)", output_dir, variant, result.global_step)
 
 
+@dataclasses.dataclass
+class PRMTrainArgs:
+    """spark-hub's own fields of a ``train prm`` recipe (beside `trl.SFTConfig` and `trl.ModelConfig`)."""
+
+    dataset: str = dataclasses.field(
+        default="", metadata={"help": "Stage I step records: a dataset folder, a .parquet/.jsonl file or a Hub id."})
+    dataset_revision: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub revision of the dataset (branch, tag or commit)."})
+    variant: str = dataclasses.field(default="prm", metadata={"help": "orm, prm or prm_cot."})
+    eval_fraction: float = dataclasses.field(
+        default=0.1, metadata={"help": "Share of problems held out for evaluation (split by problem_id)."})
+    split_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the train/eval split."})
+    keep_inexact_cot: bool = dataclasses.field(
+        default=True, metadata={"help": "prm_cot: keep CoT targets whose labels differ from the aggregated ones."})
+
+    def __post_init__(self):
+        from spark_hub.train.sft_data import VARIANTS
+
+        if self.variant not in VARIANTS:
+            raise SparkHubError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise SparkHubError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any) -> Path:
+    """Run `train_prm` from the three parsed recipe sections (``PRMTrainArgs``, ``SFTConfig``, ``ModelConfig``).
+
+    ``training.output_dir`` is the PRM folder. LoRA (``use_peft``) is not supported yet.
+    """
+    from spark_hub.records import read_records
+
+    if not args.dataset:
+        raise SparkHubError("the recipe has no `dataset` (the Stage I step records to train on)")
+    if not getattr(model_args, "model_name_or_path", None):
+        raise SparkHubError("the recipe has no `model_name_or_path` (the base chat model)")
+    if getattr(model_args, "use_peft", False):
+        raise SparkHubError("use_peft (LoRA) is not supported by train prm yet", hint="set use_peft: false")
+    output_dir = Path(training.output_dir)
+    records = read_records(args.dataset, args.dataset_revision)
+    revision = getattr(model_args, "model_revision", None)
+    return train_prm(
+        model_args.model_name_or_path, output_dir, records=records, variant=args.variant,
+        revision=None if revision == "main" else revision, training_args=training,
+        eval_fraction=args.eval_fraction, seed=args.split_seed, keep_inexact_cot=args.keep_inexact_cot,
+        inputs={"source": args.dataset, "revision": args.dataset_revision},
+        dtype=getattr(model_args, "dtype", None),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m spark_hub.train.prm --config RECIPE.yaml [--set k=v ...] [--output-dir DIR]``
+    (also under ``accelerate launch -m spark_hub.train.prm ...``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m spark_hub.train.prm", description="Train a generative PRM.")
+    parser.add_argument("--config", required=True, help="YAML recipe: PRMTrainArgs + trl.SFTConfig + trl.ModelConfig keys.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--output-dir", default=None, help="The PRM folder (overrides output_dir).")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trl import ModelConfig, SFTConfig
+
+    from spark_hub.config import parse_config
+
+    try:
+        args, training, model_args = parse_config((PRMTrainArgs, SFTConfig, ModelConfig), ns.config, ns.overrides,
+                                                   flags={"output_dir": ns.output_dir})
+        out = train_from_config(args, training, model_args)
+    except SparkHubError as error:
+        parser.exit(2, f"error: {error.one_line()}\n")
+    logger.info("done: %s", out)
+    return 0
+
+
 def clean_checkpoints(output_dir: str | Path) -> None:
     """Delete the local checkpoints of a finished run (they are never pushed)."""
     shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_TRAINING_ARGS", "build_key", "clean_checkpoints", "last_complete_checkpoint", "train_prm"]
+__all__ = ["DEFAULT_TRAINING_ARGS", "PRMTrainArgs", "build_key", "clean_checkpoints", "last_complete_checkpoint",
+           "main", "train_from_config", "train_prm"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
