@@ -136,8 +136,10 @@ def validate_manifest(manifest: dict[str, Any], *, where: str = "manifest.json")
 
 
 def _v1_to_v2_step_record(row: dict[str, Any]) -> dict[str, Any]:
-    # v1 steps were whitespace-normalised; their spans in the solution are unknown.
-    return {**row, "schema_version": "2", "step_spans": None, "step_probs": None, "final_prob": None}
+    # v1 steps were whitespace-normalised; their spans in the solution are unknown. `reference` was
+    # optional in v1 (every v2 column is required).
+    return {"reference": None, **row, "schema_version": "2", "step_spans": None, "step_probs": None,
+            "final_prob": None}
 
 
 def _v1_to_v2_verification(row: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,13 @@ def test_v1_rows_migrate_to_v2_and_round_trip(config, cls):
         assert {**back, "schema_version": "1"} == original
 
 
+def test_v1_optional_reference_is_null_after_migration():
+    row = read_rows(V1)[0]
+    del row["reference"]  # optional in v1
+    validate("step_record", row)
+    assert StepRecord.from_dict(row).reference is None
+
+
 def test_migrate_keeps_current_rows_and_rejects_unknown_versions():
     row = read_rows(V1)[0]
     v2 = migrate(row)
