@@ -354,7 +354,19 @@ CORPUS = {
     "unsupported-suffix": (lambda d: ["--problems", _lines(d, "p.csv", "problem\nx\n")], "unsupported input format '.csv'"),
     "missing-file-shaped": (lambda d: ["--problems", "data/no-such.jsonl"], "problems file not found: data/no-such.jsonl"),
     "missing-solutions": (lambda d: ["--solutions", str(d / "nope.jsonl")], "solutions file not found"),
+    "empty-folder": (lambda d: ["--problems", _mkdir(d / "in")], "no .jsonl or .parquet files in folder"),
+    "corrupt-parquet": (lambda d: ["--problems", _lines(d, "p.parquet", b"PAR1 this is not parquet")],
+                        "p.parquet: not a readable Parquet file"),
+    "json-not-a-list": (lambda d: ["--problems", _lines(d, "p.json", '{"problem": "x"}')],
+                        "p.json: a .json input must hold a list of objects"),
+    "json-truncated": (lambda d: ["--problems", _lines(d, "p.json", '[\n{"problem": "x"},\n{"problem": ')],
+                       "p.json:3: invalid JSON"),
 }
+
+
+def _mkdir(path: Path) -> str:
+    path.mkdir()
+    return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(CORPUS))
