@@ -277,6 +277,9 @@ def test_info_of_a_missing_folder_is_one_line(tmp_path):
 
 
 def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
+    import os
+    from pathlib import Path
+
     from huggingface_hub import HfApi
 
     from spark_hub import hub
@@ -287,7 +290,11 @@ def test_info_accepts_a_hub_repo_id(tmp_path, hub_server):  # noqa: F811
     result = CliRunner().invoke(cli, ["info", repo, "--revision", "run-1", "--hub-endpoint", hub_server.endpoint],
                                 terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert f"{repo}@run-1" in result.output and "model: verifier" in result.output and "input: problems" in result.output
+    sha = HfApi(endpoint=hub_server.endpoint).dataset_info(repo, revision="run-1").sha
+    assert f"{repo}@run-1 (commit {sha[:8]})" in result.output
+    assert "model: verifier" in result.output and "input: problems" in result.output
+    cached = Path(os.environ["HF_HOME"]) / "hub" / f"datasets--{repo.replace('/', '--')}"
+    assert not list(cached.rglob("*.parquet"))  # only the manifest was fetched
     result = CliRunner().invoke(cli, ["info", repo, "--json", "--revision", "run-1"])
     assert json.loads(result.stdout)["solutions"] == 2
 

@@ -39,23 +39,25 @@ def _looks_like_repo_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-def _resolve(target: str, revision: str | None, endpoint: str | None) -> tuple[Path, str | None]:
-    """A local output folder, or a Hub repo id downloaded (and checked) through `spark_hub.hub`."""
+def _read_manifest(target: str, revision: str | None, endpoint: str | None) -> tuple[dict[str, Any], str | None]:
+    """The manifest of a local output folder, or of a Hub repo (only manifest.json is fetched)."""
+    from spark_hub.manifest import read_manifest
+
     path = Path(target)
     if path.exists():
         if not path.is_dir():
             raise SparkHubError(f"{target} is a file", hint="pass a spark-hub output folder or a Hub repo id")
-        return path, None
+        return read_manifest(path), None
     if not _looks_like_repo_id(target):
         raise SparkHubError(f"no such folder: {target}", hint="pass a spark-hub output folder or a Hub repo id ORG/NAME")
     from spark_hub import hub
 
     try:
-        folder = hub.download(target, revision=revision, endpoint=endpoint)
+        manifest, sha = hub.read_remote_manifest(target, revision, endpoint=endpoint)
     except SparkHubError as e:  # it may have been meant as a local folder: say that none exists either
         hint = "; ".join(h for h in (e.hint, f"there is no local folder {target} either") if h)
         raise SparkHubError(e.message, where=e.where, hint=hint) from None
-    return Path(folder), f"{target}@{revision or 'main'}"
+    return manifest, f"{target}@{revision or 'main'} (commit {sha[:8]})"
 
 
 def provenance_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
@@ -94,13 +96,10 @@ def provenance_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
 def info(target, revision, hub_endpoint, as_json):
     """Print the provenance and statistics of a built artifact (from its manifest).
 
-    PATH_OR_REPO is an output folder or a Hub repo id (ORG/NAME); a Hub artifact is downloaded and
-    checked against its manifest first.
+    PATH_OR_REPO is an output folder or a Hub repo id (ORG/NAME); of a Hub artifact only its
+    manifest.json is fetched.
     """
-    from spark_hub.manifest import read_manifest
-
-    folder, remote = _resolve(target, revision, hub_endpoint)
-    manifest = read_manifest(folder)
+    manifest, remote = _read_manifest(target, revision, hub_endpoint)
     if as_json:
         click.echo(json.dumps(manifest.get("statistics", {}), indent=2))
         return
