@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +290,52 @@ def test_pilot_report_shows_votes_per_step_and_warnings(tmp_path):
     report = pilot(config, 2, progress=False)
     assert report["mean_step_agreement"] == 1.0 and report["mean_votes_per_step"] == 1.0
     assert "100.0%  (1 vote(s) per step)" in format_pilot(report)
+
+
+def test_folder_tokenizer_counts_like_transformers(tmp_path):
+    from tiny_models import make_tiny_tokenizer
+    from transformers import AutoTokenizer
+
+    from spark_hub.prompts import critique_messages, verifier_messages
+    from spark_hub.stages.plan import FolderTokenizer, converted_folder
+
+    folders = [tmp_path / "tiny"]
+    make_tiny_tokenizer().save_pretrained(folders[0])
+    try:
+        from spark_hub.backends.models import find_embedded_gguf
+
+        embedded = converted_folder(Path(find_embedded_gguf()))
+    except SparkHubError:
+        embedded = None
+    if embedded is not None:  # the demo model, when this machine has converted it
+        folders.append(embedded)
+    chats = [verifier_messages("What is 2 + 2? Émile's $15 car wash — 👍", ["2 + 2 = 4.", "So 4."], "4"),
+             critique_messages("A robe takes 2 bolts.", ["2 / 2 = 1", "2 + 1 = 3"], "3", "## Step 1: fine")]
+    for folder in folders:
+        fast, full = FolderTokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+        for chat in chats:
+            ids = full.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            assert fast.apply_chat_template(chat) == list(ids), folder
+            text = chat[0]["content"]
+            assert fast(text)["input_ids"] == full(text, add_special_tokens=False)["input_ids"]
+
+
+def test_dry_run_on_a_model_folder_does_not_import_transformers(tmp_path):
+    from tiny_models import make_tiny_tokenizer
+
+    folder = tmp_path / "model"
+    make_tiny_tokenizer().save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    recipe = scripted_recipe(tmp_path)
+    code = ("import sys\n"
+            "from spark_hub.config import load_build_config\n"
+            "from spark_hub.stages.plan import dry_run\n"
+            f"config = load_build_config({str(recipe)!r}, ['generator.backend=transformers', "
+            f"'generator.model={folder}', 'verifier.backend=transformers', 'verifier.model={folder}'])\n"
+            "plan = dry_run(config)\n"
+            "print(plan['estimates']['prompt_tokens'], 'transformers' in sys.modules, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=env_with_tests_on_path())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tokenizer", "False", "False"]

@@ -72,6 +72,57 @@ class TokenCounter:
         return math.ceil(len(text) / 4)
 
 
+class FolderTokenizer:
+    """A model folder's fast tokenizer and chat template, without importing transformers.
+
+    Reads ``tokenizer.json`` with `tokenizers` and renders the chat template (``chat_template.jinja``
+    or ``tokenizer_config.json``) in a sandboxed jinja2 environment set up as transformers sets it
+    up, then encodes without adding special tokens, as ``apply_chat_template`` does. Importing
+    transformers (and torch) costs more than the whole dry run otherwise; a folder this cannot read
+    (no ``tokenizer.json``, a template using transformers-only extensions) raises, and the caller
+    falls back to ``AutoTokenizer``.
+    """
+
+    def __init__(self, folder: str | Path):
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template_file = folder / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
+        if not isinstance(template, str):
+            raise ValueError(f"no single chat template in {folder}")
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        self.template = env.from_string(template)
+        self.special = {}
+        for name in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+            value = config.get(name)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                self.special[name] = value
+
+    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+                            tokenize: bool = True) -> list[int] | str:
+        text = self.template.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids if tokenize else text
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
 def converted_folder(gguf: Path) -> Path | None:
     """The folder a GGUF file was already converted into (`spark_hub.backends.models.convert_gguf`),
     or None when it has not been converted yet. Nothing is converted here."""
@@ -89,9 +140,29 @@ def converted_folder(gguf: Path) -> Path | None:
     return folder if isinstance(source, dict) and source.get("gguf_sha256") == sha else None
 
 
+_TOKENIZERS: dict[tuple, Any] = {}
+"""Tokenizers loaded by this process, by (model, revision): roles sharing a model load it once."""
+
+
 def _load_tokenizer(role: RoleConfig):
+    key = (role.model, role.revision)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _read_tokenizer(role)
+    return _TOKENIZERS[key]
+
+
+def _folder_tokenizer(folder: Path, role: RoleConfig):
+    """`FolderTokenizer` when it can read ``folder``, else transformers' ``AutoTokenizer``."""
+    try:
+        return FolderTokenizer(folder)
+    except Exception as e:  # no tokenizer.json, template extensions...: the full tokenizer
+        logger.debug("reading the tokenizer of %s with transformers (%s)", folder, e)
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=role.trust_remote_code)
+
+
+def _read_tokenizer(role: RoleConfig):
     path = Path(role.model).expanduser()
     if role.model == "embedded" or (path.suffix == ".gguf" and path.is_file()):
         if role.model == "embedded":
@@ -100,10 +171,14 @@ def _load_tokenizer(role: RoleConfig):
             path = Path(find_embedded_gguf())
         folder = converted_folder(path)
         if folder is not None:  # the converted folder's tokenizer: no GGUF parsing (tens of seconds)
-            return AutoTokenizer.from_pretrained(str(folder))
+            return _folder_tokenizer(folder, role)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     if path.is_dir():
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=role.trust_remote_code)
+        return _folder_tokenizer(path, role)
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(role.model, revision=role.revision, local_files_only=True,
                                          trust_remote_code=role.trust_remote_code)
 
