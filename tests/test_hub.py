@@ -177,6 +177,7 @@ def test_an_identical_push_is_up_to_date_and_a_different_one_needs_overwrite(hub
         hub.push(folder, repo_id, revision="run-1")
     message = str(refused.value)
     assert "--overwrite" in message and "different spark-hub artifact" in message and "\n" not in message
+    assert "3 file(s) differ" in message  # the manifest, its card, and the plot only on the remote
     cli = CliRunner().invoke(push_command, [str(folder), repo_id, "--revision", "run-1"])
     assert cli.exit_code == 2
     assert cli.stderr.count("\n") == 1 and "--overwrite" in cli.stderr

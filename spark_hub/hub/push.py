@@ -424,6 +424,15 @@ def _same_file(local: PlannedFile, remote: Any) -> bool:
     return getattr(remote, "blob_id", None) == local.git_sha1
 
 
+def _differences(plan: PushResult, remote: _Remote) -> list[str]:
+    """Paths that differ between the plan and the remote (changed, new, or only on the remote)."""
+    local = {f.path: f for f in plan.files}
+    return sorted(
+        [p for p, f in local.items() if p not in remote.files or not _same_file(f, remote.files[p])]
+        + [p for p in remote.files if p not in local]
+    )
+
+
 def _up_to_date(plan: PushResult, remote: _Remote) -> bool:
     if not remote.parent or set(remote.files) != {f.path for f in plan.files}:
         return False
@@ -548,8 +557,10 @@ def push(
         _check_tag(tag, remote.tags, remote.parent, repo_id, overwrite)
     else:
         if remote.branch_exists and MANIFEST_NAME in remote.files and not overwrite:
+            differ = _differences(plan, remote)
             raise SparkHubError(
-                f"{target} already holds a different spark-hub artifact ({MANIFEST_NAME} at {remote.parent[:8]})",
+                f"{target} already holds a different spark-hub artifact (commit {remote.parent[:8]}; "
+                f"{len(differ)} file(s) differ, e.g. {differ[0]})",
                 hint="pass --overwrite to replace it, or push to another --revision",
             )
         _check_tag(tag, remote.tags, None, repo_id, overwrite)
