@@ -414,9 +414,8 @@ def _scripted_recipe(tmp_path: Path) -> Path:
 def test_cli_builds_from_one_config_and_one_split_of_a_hub_dataset(gsm8k_repo, tmp_path):
     """issue 8 §6.1: `--problems ORG/NAME --set problems_split=test` on a gsm8k-shaped repo used to
     read all 60 rows of both configs and both splits."""
-    from spark_hub.cli import cli
-    from spark_hub.config import BuildConfig
     from helpers import read_rows
+    from spark_hub.cli import cli
 
     repo_id, sha = gsm8k_repo
     out = tmp_path / "out"
@@ -427,17 +426,8 @@ def test_cli_builds_from_one_config_and_one_split_of_a_hub_dataset(gsm8k_repo, t
     assert result.output.strip().endswith("has 2 configs (main, socratic); choose one (--set problems_config=main)")
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
-    if "problems_config" in BuildConfig.__dataclass_fields__:
-        result = CliRunner().invoke(cli, [*base, "--set", "problems_config=socratic"])
-        assert result.exit_code == 0, result.output
-    else:  # until config.py declares the key: the same build through the Python API
-        from spark_hub.config import load_build_config
-        from spark_hub.stages import build
-
-        config = load_build_config(tmp_path / "recipe.yaml", ["problems_split=test"], problems=repo_id,
-                                   output_dir=str(out))
-        config.problems_config = "socratic"
-        build.main(config, progress=False)
+    result = CliRunner().invoke(cli, [*base, "--problems-config", "socratic", "--problems-split", "test"])
+    assert result.exit_code == 0, result.output
     rows = read_rows(out)
     assert len({r["problem_id"] for r in rows}) == SIZES["test"]
     assert {r["problem"].split(" ")[0] for r in rows} == {"socratic/test"}
