@@ -63,19 +63,56 @@ def test_demo_recipe_on_embedded_model(tmp_path):
 
 @pytest.mark.parametrize("method", ["single", "outcome_consistency", "step_consistency", "meta_critique",
                                     "hybrid_outcome", "hybrid_step", "reference_guided"])
-def test_every_method_with_a_tiny_real_verifier(tmp_path, tiny_model, method):
-    """Scripted solutions, a real (random) verifier: every method yields a schema-valid dataset."""
+def test_every_method_with_a_tiny_real_verifier(tmp_path, tiny_model, method, monkeypatch):
+    """Scripted solutions, a real (random) verifier decoding in the verifier format
+    (``verifier.constrained``, greedy so the N votes agree): every verification parses and every
+    solution is labelled (no balancing, which would drop these all-"correct" problems), so each
+    method's own path runs."""
+    import spark_hub.stages.verify as verify
+
+    references = []
+    real_messages = verify.verifier_messages
+
+    def spy(problem, steps, final_answer, reference=None):
+        references.append(reference)
+        return real_messages(problem, steps, final_answer, reference)
+
+    monkeypatch.setattr(verify, "verifier_messages", spy)
     scripted = DATA / "scripted"
     overrides = [
         "generator.backend=scripted", f"generator.model={scripted / 'generator.jsonl'}", "generator.n=2",
-        "verifier.backend=transformers", f"verifier.model={tiny_model}", "verifier.n=2", "verifier.max_tokens=12",
-        "verifier.batch_size=8", f"aggregation.method={method}", "aggregation.critique_max_tokens=12",
-        "balance.enabled=true",
+        "verifier.backend=transformers", f"verifier.model={tiny_model}", "verifier.n=2", "verifier.max_tokens=120",
+        "verifier.batch_size=8", "verifier.constrained=true", "verifier.logprobs=true", "verifier.temperature=0",
+        f"aggregation.method={method}", "aggregation.critique_max_tokens=120",
     ]
     config = load_build_config(None, overrides, problems=str(DATA / "problems_small.jsonl"),
                                output_dir=str(tmp_path / "out"))
     result = build.main(config, progress=False)
-    assert result.statistics["verifications"] == 2 * 5  # 5 solutions with steps, N=2
+    stats = result.statistics
+    assert stats["verifications"] == 2 * 5  # 5 solutions with steps, N=2
     errors, checked = validate_path(tmp_path / "out")
     assert errors == [] and checked >= 10
+    verifications = read_rows(tmp_path / "out", "verifications")
+    samples = [v for v in verifications if v["kind"] == "sample"]
+    assert len(samples) == 10 and all(v["parse_status"] == "ok" for v in samples)
+    assert all(len(v["step_verdicts"]) == v["expected_steps"] for v in samples)
+    assert all(v["step_probs"] and all(0 <= p <= 1 for p in v["step_probs"]) and v["final_prob"] is not None
+               for v in samples)
+    records = read_rows(tmp_path / "out")
+    assert any(r["labels"] and None not in r["labels"] for r in records)  # labels present
+
+    meta = method in ("meta_critique", "hybrid_outcome", "hybrid_step")
+    critiques = [v for v in verifications if v["kind"] == "critique"]
+    merged = [v for v in verifications if v["kind"] == "merged"]
+    if meta:  # one critique and one merge call per labelled solution; merges parse like verifications
+        assert len(critiques) == len(merged) == 5
+        assert all(v["raw_text"].startswith("**Critique of the original verification**") for v in critiques)
+        assert all(v["parse_status"] == "ok" for v in merged)
+        assert result.model_requests["verifier"] == 5 + 5 + 5
+    else:
+        assert critiques == merged == [] and result.model_requests["verifier"] == 5
     assert result.manifest["uses_references"] is (method == "reference_guided")
+    if method == "reference_guided":
+        assert references and all(r is not None for r in references)  # every prompt carried the reference
+    else:
+        assert references and all(r is None for r in references)
