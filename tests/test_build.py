@@ -148,15 +148,17 @@ def test_solutions_file_skips_generation(tmp_path):
          "steps": ["He pays 4 x 15 = 60 dollars a month.", "In a year he pays 60 x 10 = 600 dollars."],
          "label": 1},
     ]
-    solutions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    solutions.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))  # the row twice, verbatim
     recipe = scripted_recipe(tmp_path)
     out = tmp_path / "out"
     config = load_build_config(recipe, [], solutions=str(solutions), output_dir=str(out))
     result = build.main(config, progress=False)
     assert result.model_requests == {"generator": 0, "verifier": 1}
     records = read_rows(out)
+    assert len(records) == 1
     assert records[0]["labels"] == [True, False] and records[0]["generator"] == "given"
     assert "generator" not in result.manifest["models"]
+    assert result.statistics["inputs"] == {"duplicate_solution_rows_dropped": 1}
 
 
 def _spawn(recipe, out, delay):
