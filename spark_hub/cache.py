@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from spark_hub.backends.base import Backend, Completion, GenerationRequest
+from spark_hub.errors import SparkHubError
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,22 @@ class CallCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS calls ("
-            " key TEXT PRIMARY KEY, model TEXT NOT NULL, completions TEXT NOT NULL, created REAL NOT NULL)"
-        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS calls ("
+                " key TEXT PRIMARY KEY, model TEXT NOT NULL, completions TEXT NOT NULL, created REAL NOT NULL)"
+            )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise SparkHubError(f"call cache {self.path} is not a readable spark-hub cache ({e})",
+                                hint="move it away to start over; the model calls it held will be made again") from None
+        if not {"key", "model", "completions", "created"} <= columns:
+            self._db.close()
+            raise SparkHubError(f"call cache {self.path} has a table `calls` of another shape ({', '.join(sorted(columns))})",
+                                hint="point `cache:` at a spark-hub cache, or move this file away")
         self.commits = 0
         """Write transactions made by `put_many`."""
         self.escaped = 0

@@ -311,3 +311,19 @@ def test_build_failing_before_any_model_call_leaves_nothing_behind(tmp_path):
         run(recipe, out, f"verifier.model={mute}")
     assert len(CallCache(out / ".spark" / "cache.sqlite")) == 3
     assert run(recipe, out).model_requests == {"generator": 0, "verifier": 5}
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 100, b""])
+def test_corrupted_call_cache_is_a_one_line_error(tmp_path, content):
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    run(recipe, out)
+    cache = out / ".spark" / "cache.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{cache}{suffix}").unlink(missing_ok=True)
+    cache.write_bytes(content)
+    (out / "manifest.json").unlink()  # so the build needs its cache
+    if content:
+        with pytest.raises(SparkHubError, match=r"call cache .*cache.sqlite is not a readable spark-hub cache"):
+            run(recipe, out)
+    else:  # an empty file is an empty cache: everything is asked again
+        assert run(recipe, out).model_requests == {"generator": 3, "verifier": 5}
