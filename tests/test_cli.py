@@ -1,6 +1,7 @@
 """The command line via click's CliRunner: help, build, validate, info, and bad-input errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -435,3 +436,62 @@ def test_eval_processbench_with_predictions_and_with_a_critic(tmp_path):
     result = CliRunner().invoke(cli, ["eval", "processbench", "--data", str(data)])
     assert result.exit_code == 2
     assert result.output.strip() == "Error: give exactly one of --prm, --critic or --predictions"
+
+
+TRAIN_RECIPE = """\
+dataset: {dataset}
+variant: orm
+model_name_or_path: {model}
+learning_rate: 1e-4
+max_steps: 2
+output_dir: {out}
+"""
+
+
+def test_train_prm_reads_one_recipe_for_spark_hub_and_trl(tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    seen = {}
+
+    def fake_train(args, training, model_args):
+        seen.update(args=args, training=training, model=model_args)
+        return Path(training.output_dir)
+
+    monkeypatch.setattr("spark_hub.train.prm.train_from_config", fake_train)
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(TRAIN_RECIPE.format(dataset=tmp_path / "records", model="my-org/base", out=tmp_path / "from-recipe"))
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe), "--set", "max_steps=5",
+                                      "--set", "eval_fraction=0.2", "--output-dir", str(tmp_path / "prm")])
+    assert result.exit_code == 0, result.output
+    args, training, model = seen["args"], seen["training"], seen["model"]
+    assert (args.dataset, args.variant, args.eval_fraction) == (str(tmp_path / "records"), "orm", 0.2)
+    assert (training.learning_rate, training.max_steps, training.output_dir) == (1e-4, 5, str(tmp_path / "prm"))
+    assert model.model_name_or_path == "my-org/base"
+    import torch
+
+    if not torch.cuda.is_available():
+        assert training.use_cpu is True and training.bf16 is False
+
+    recipe.write_text(recipe.read_text() + "learnig_rate: 0.1\n")
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {recipe}:7: unknown key learnig_rate (did you mean learning_rate?")
+
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe), "--push"])
+    assert result.output.strip() == "Error: --push needs --hub-repo ORG/NAME"
+
+
+def test_ctrl_c_in_training_says_how_to_resume(tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+
+    def interrupted(args, training, model_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("spark_hub.train.prm.train_from_config", interrupted)
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(TRAIN_RECIPE.format(dataset=tmp_path, model="m/b", out=tmp_path / "prm"))
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe)])
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == (
+        "Interrupted: training is resumable: it continues from the last saved checkpoint. "
+        f"Resume with the same command: cli train prm --config {recipe}")

@@ -2,7 +2,7 @@
 
 Commands: ``build-dataset`` (Stage I), ``validate`` (schema check of any dataset), ``info``
 (provenance and statistics of a built artifact, local or on the Hub), ``push`` (publish to the Hub),
-``sft-data`` (SFT pairs for a generative RM), ``eval processbench``, ``recipes`` (the built-in
+``sft-data`` (SFT pairs for a generative RM), ``train prm``, ``eval processbench``, ``recipes`` (the built-in
 recipes), ``env`` (versions and devices). Options shared by several
 commands are defined once in `spark_hub.cli.options`. User errors print one line and exit 2.
 """
@@ -19,10 +19,10 @@ from spark_hub.cli.app import cli, main, setup_logging, user_errors  # noqa: E40
 from spark_hub.cli.build import build_dataset, print_summary  # noqa: E402
 from spark_hub.cli.inspect_ import info, validate  # noqa: E402
 from spark_hub.cli.push import push  # noqa: E402
-from spark_hub.cli.stage2 import eval_group, sft_data  # noqa: E402
+from spark_hub.cli.stage2 import eval_group, sft_data, train_group  # noqa: E402
 from spark_hub.cli.tools import env, recipes  # noqa: E402
 
-for _command in (build_dataset, validate, info, push, sft_data, eval_group, recipes, env):
+for _command in (build_dataset, validate, info, push, sft_data, train_group, eval_group, recipes, env):
     cli.add_command(_command)
 
 __all__ = ["cli", "main", "print_summary", "setup_logging", "user_errors"]

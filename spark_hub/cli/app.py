@@ -20,7 +20,8 @@ from spark_hub.errors import SparkHubError
 logger = logging.getLogger("spark_hub")
 
 #: Commands that pick up where an interrupted run stopped when run again with the same arguments.
-RESUMABLE = {"build-dataset": "the build is resumable: model calls made so far are cached"}
+RESUMABLE = {"build-dataset": "the build is resumable: model calls made so far are cached",
+             "train": "training is resumable: it continues from the last saved checkpoint"}
 
 
 def setup_logging(verbose: int) -> None:

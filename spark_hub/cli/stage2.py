@@ -1,8 +1,12 @@
-"""Stage II commands: ``spark-hub sft-data`` (SFT pairs from step records) and ``spark-hub eval
-processbench`` (a PRM, a prompted critic or a predictions file on ProcessBench).
+"""Stage II commands: ``spark-hub sft-data`` (SFT pairs from step records), ``spark-hub train prm``
+(a generative PRM with TRL's SFTTrainer) and ``spark-hub eval processbench`` (a PRM, a prompted
+critic or a predictions file on ProcessBench).
 
-The commands only map options onto `spark_hub.train.sft_data` and `spark_hub.evaluate.processbench`;
-the work, its checks and its errors are there.
+The commands only map options onto `spark_hub.train.sft_data`, `spark_hub.train.prm` and
+`spark_hub.evaluate.processbench`; the work, its checks and its errors are there. ``train prm`` reads
+ONE recipe for spark-hub's fields, `trl.SFTConfig` and `trl.ModelConfig` with
+`spark_hub.config.parse_config` (the same parser as ``python -m spark_hub.train.prm`` under
+``accelerate launch``).
 """
 
 from __future__ import annotations
@@ -86,6 +90,51 @@ def sft_data(dataset, variant, revision, output_dir, eval_fraction, seed, drop_i
     write_sft_dataset(out, data, source=source)
     click.echo(f"{variant}: {len(data.train)} train / {len(data.eval)} eval examples from {len(records)} "
                f"records -> {out}")
+
+
+@click.group("train")
+def train_group():
+    """Train reward models on Stage I data."""
+
+
+@train_group.command("prm")
+@options.config(required=True, help="YAML recipe: spark-hub's train-prm keys (dataset, variant...), "
+                                    "trl.SFTConfig and trl.ModelConfig keys in one flat mapping.")
+@options.set_(help="Override a recipe key, e.g. --set learning_rate=1e-5 (repeatable).")
+@options.output_dir(help="The PRM folder (overrides the recipe's output_dir).")
+@options.hub_push
+@options.verbose()
+@user_errors
+def train_prm(config_path, overrides, output_dir, push, hub_repo, hub_revision, private, overwrite, hub_endpoint,
+              verbose):
+    """Fine-tune a chat model into a generative PRM (SFT, loss on the completion only).
+
+    Resumable: run the same command again after an interruption; it continues from the last
+    checkpoint, and a finished run re-runs as a no-op. Without a GPU, use_cpu is set and bf16 off
+    unless the recipe says otherwise. Multi-GPU: accelerate launch -m spark_hub.train.prm --config ...
+    """
+    setup_logging(verbose)
+    from trl import ModelConfig, SFTConfig
+
+    from spark_hub.config import parse_config
+    from spark_hub.train import prm as prm_training
+
+    if push and not hub_repo:
+        raise SparkHubError("--push needs --hub-repo ORG/NAME")
+    args, training, model_args = parse_config((prm_training.PRMTrainArgs, SFTConfig, ModelConfig), config_path,
+                                              list(overrides), {"output_dir": output_dir})
+    out = prm_training.train_from_config(args, training, model_args)
+    click.echo(f"PRM: {out}", err=True)
+    if push:
+        from spark_hub import hub
+
+        revision = hub_revision or "main"
+        if revision == "auto":
+            from spark_hub.manifest import read_manifest
+
+            revision = hub.default_revision(read_manifest(out)["config"])
+        pushed = hub.push(out, hub_repo, revision=revision, private=private, overwrite=overwrite, endpoint=hub_endpoint)
+        click.echo(pushed.summary() + (f": {pushed.commit_url}" if pushed.commit_url else ""), err=True)
 
 
 @click.group("eval")
