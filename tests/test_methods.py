@@ -138,3 +138,28 @@ def test_contamination_report_and_decontaminate(tmp_path):
     result = run(tmp_path, f"contamination.benchmarks=[{bench}]", "contamination.decontaminate=true")
     assert result.statistics["problems"] == 2
     assert "gsm8k-test-134" not in {r["problem_id"] for r in read_rows(tmp_path / "out")}
+
+
+def test_constrained_verifier_constrains_verifications_and_merges(tmp_path):
+    """verifier.constrained: verification and merge requests carry the step-count format; the
+    critique must open with its heading; a changed setting is a new build."""
+    from spark_hub.constrained import critique_constraint, verification_constraint
+
+    RecordingScriptedBackend.received.clear()
+    run(tmp_path, "aggregation.method=meta_critique", "verifier.backend=slow_backend:RecordingScriptedBackend",
+        verifier="verifier_meta.jsonl")
+    assert all(r.constraint is None for r in RecordingScriptedBackend.received)
+    RecordingScriptedBackend.received.clear()
+    result = run(tmp_path, "aggregation.method=meta_critique", "verifier.constrained=true",
+                 "verifier.backend=slow_backend:RecordingScriptedBackend", verifier="verifier_meta.jsonl")
+    assert not result.reused
+    received = RecordingScriptedBackend.received
+    kinds = {"verify": [], "critique": [], "merge": []}
+    for r in received:
+        prompt = r.chat()[-1]["content"]
+        kind = ("merge" if "Improved Teacher Verification" in prompt
+                else "critique" if "Critique of the original verification" in prompt else "verify")
+        kinds[kind].append(r)
+    assert len(kinds["verify"]) == 5 and len(kinds["critique"]) == 5 and len(kinds["merge"]) == 5
+    assert all(r.constraint == verification_constraint(2) for r in kinds["verify"] + kinds["merge"])  # 2 steps each
+    assert all(r.constraint == critique_constraint() for r in kinds["critique"])
