@@ -436,7 +436,7 @@ def test_pushed_readme_and_manifest_agree(hub_server, tmp_path):
     assert (local / "README.md").read_text() == cards.render_card(read_manifest(local), repo_id=repo_id)
 
 
-def test_the_token_is_never_written_pushed_or_logged(hub_server, tmp_path, caplog):
+def test_the_token_is_never_written_pushed_or_logged(hub_server, tmp_path, caplog, monkeypatch):
     import datasets
 
     caplog.set_level(logging.DEBUG)
@@ -471,6 +471,13 @@ def test_the_token_is_never_written_pushed_or_logged(hub_server, tmp_path, caplo
         hub.push(leaky, unique_repo("ds"), dry_run=True)
     assert token not in str(refused.value)
     assert token not in (leaky / "README.md").read_text(), "cards redact secret-looking config keys"
+
+    # So is an API key from the environment (e.g. an OpenAI-compatible server's), whatever the key.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-0123456789")
+    keyed = make_dataset_folder(tmp_path / "keyed", config_update={"verifier": {"base_url": "http://h/?k=sk-env-key-0123456789"}})
+    with pytest.raises(SparkHubError, match="contains an API key from your environment") as refused:
+        hub.push(keyed, unique_repo("ds"), dry_run=True)
+    assert "sk-env-key" not in str(refused.value) and "sk-env-key" not in (keyed / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -212,11 +212,15 @@ def collect_files(folder: str | Path, ignore_patterns: Iterable[str] = ()) -> li
     return out
 
 
+def _env_api_keys() -> set[str]:
+    return {v for k, v in os.environ.items() if k.upper().endswith("_API_KEY") and v}
+
+
 def known_tokens(token: str | None = None) -> list[str]:
     """Secret values that must never be published: the Hub token (explicit, ``HF_TOKEN``, the stored
     login) and the API keys named by ``*_API_KEY`` environment variables."""
     candidates = [token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
-    candidates += [v for k, v in os.environ.items() if k.upper().endswith("_API_KEY")]
+    candidates += sorted(_env_api_keys())
     try:
         from huggingface_hub import constants
 
@@ -320,9 +324,12 @@ def plan_push(
             continue  # rendered below from the manifest
         found = hash_file(path, needles)
         if found.leaked:
+            hf_tokens = [t.encode() for t in secrets if t not in _env_api_keys()]
+            what = "your Hugging Face token" if hash_file(path, hf_tokens).leaked else \
+                "an API key from your environment (*_API_KEY)"
             raise SparkHubError(
-                f"{rel} contains your Hugging Face token; refusing to publish it",
-                where=str(folder), hint="remove the token from the config/manifest and rebuild",
+                f"{rel} contains {what}; refusing to publish it",
+                where=str(folder), hint="remove the secret from the config/manifest and rebuild",
             )
         expected = recorded.get(rel)
         if expected is not None and expected["sha256"] != found.sha256:
@@ -731,7 +738,8 @@ def push_checkpoint_async(
 ) -> concurrent.futures.Future[PushResult]:
     """Push a training checkpoint to branch ``step-{step:06d}`` in the background.
 
-    The folder and its manifest are checked before returning (so a broken checkpoint fails at once);
+    The folder, its manifest and the token are checked before returning (so a broken checkpoint fails
+    at once);
     the upload then runs on a single background thread, so pushes happen in submission order and the
     training loop is not blocked. Do not modify ``folder`` until the future is done. Pending pushes
     finish before the interpreter exits.
@@ -752,6 +760,7 @@ def push_checkpoint_async(
     if not Path(folder).is_dir():
         raise SparkHubError(f"not a folder: {folder}", hint="pass the checkpoint folder the trainer wrote")
     read_manifest(folder)
+    require_token(kwargs.get("token"))
     logger.info("queueing checkpoint push of %s to %s@%s", folder, repo_id, kwargs["revision"])
     return _executor().submit(push, folder, repo_id, **kwargs)
 
