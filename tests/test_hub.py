@@ -31,7 +31,7 @@ from hub_fixtures import (  # noqa: F401 - `hub_server` is a fixture
 from spark_hub import cards, hub
 from spark_hub.cli.push import push as push_command
 from spark_hub.errors import SparkHubError
-from spark_hub.manifest import new_manifest, read_manifest, write_manifest
+from spark_hub.manifest import new_manifest, read_manifest
 
 # huggingface_hub's LFS upload passes a file object as `data=`; httpx2 warns about it (client-side only).
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -210,6 +210,7 @@ def test_dry_run_writes_nothing_and_shows_files_and_card(hub_server, tmp_path, c
 
     assert _writes(hub_server) == [], "a dry run only reads"
     assert result.dry_run and result.commit_sha is None and result.remote_checked and result.new_repo
+    assert not result.new_branch and "remote:   create the repo, commit the files below" in result.render()
     assert {f.path: f.size for f in result.files} == {p: (folder / p).stat().st_size for p in DATASET_FILES}
     assert cli.exit_code == 0, cli.output
     for text in (result.render(), caplog.text, cli.output):

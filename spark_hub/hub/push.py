@@ -554,7 +554,8 @@ def push(
             return plan
         raise as_spark_error(error, action="Pushing to", target=target, retry=retry) from error
     plan.remote_checked = True
-    plan.new_repo, plan.new_branch = not remote.repo_exists, not remote.branch_exists
+    plan.new_repo = not remote.repo_exists
+    plan.new_branch = not remote.branch_exists and not (plan.new_repo and revision == DEFAULT_REVISION)
     plan.tag = tag
     local_paths = {f.path for f in plan.files}
     if _up_to_date(plan, remote):
