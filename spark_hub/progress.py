@@ -14,8 +14,9 @@ What the figures mean:
   tok/s is tokens over the time spent in the stage's own engine calls.
 - Until a rate is known, tok/s and ETA show "—" (never ``nan`` or ``-:--:--``).
 
-While the live display runs, the progress bars of transformers / huggingface_hub / datasets are
-switched off and their log records are drawn through rich above the display (restored on exit).
+While progress is shown (display or log lines), the progress bars of transformers / huggingface_hub /
+datasets are switched off; while the live display runs, their log records are drawn through rich
+above it (both restored on exit).
 """
 
 from __future__ import annotations
@@ -153,8 +154,10 @@ class StageProgress:
     # -- context ------------------------------------------------------------------------------
 
     def __enter__(self) -> "StageProgress":
+        if self.enabled:  # our figures replace the libraries' bars (which would garble a log file too)
+            self._restore.append(_quiet_library_progress_bars())
         if self._progress is not None:
-            self._restore = [_quiet_library_progress_bars(), _route_library_logs(self._progress.console)]
+            self._restore.append(_route_library_logs(self._progress.console))
             self._progress.start()
         elif self.enabled:
             self._timer = threading.Thread(target=self._tick, name="spark-hub-progress", daemon=True)
