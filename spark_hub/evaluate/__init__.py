@@ -7,8 +7,11 @@ from spark_hub.evaluate.processbench import (
     compute_metrics,
     load_processbench,
     read_predictions,
+    record_results,
+    run,
     score_with_critic,
     score_with_prm,
 )
 
-__all__ = ["compute_metrics", "load_processbench", "read_predictions", "score_with_critic", "score_with_prm"]
+__all__ = ["compute_metrics", "load_processbench", "read_predictions", "record_results", "run", "score_with_critic",
+           "score_with_prm"]

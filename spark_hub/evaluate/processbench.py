@@ -19,6 +19,9 @@ Three ways to get predictions, all ending in `compute_metrics`:
   ``<paragraph_i>`` tags, earliest error index in ``\\boxed{}``); greedy, or majority over K samples.
 - `read_predictions`: a JSONL file of ``{"id", "prediction"}`` rows made anywhere.
 
+`run` does the whole evaluation (load, score, metrics, JSON + bar chart) and `record_results` writes
+the F1s into a PRM's manifest, from which its card's ``model-index`` is rendered.
+
 Data: a folder of ``<split>.jsonl`` files with the official fields ``id``, ``problem``, ``steps``,
 ``label`` (``generator`` and ``final_answer_correct`` are kept but unused). When a ``MANIFEST.json``
 in the folder or its parent lists a file's sha256, the file is checked against it.
