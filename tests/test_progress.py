@@ -87,8 +87,12 @@ def test_rate_and_eta_are_a_dash_until_known_never_nan():
 
 
 def test_without_a_terminal_progress_is_logged_inside_a_long_batch(caplog):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    enable_progress_bars()
     caplog.set_level(logging.INFO, logger="spark_hub.progress")
     with StageProgress(live=False, enabled=True, log_every=0.05) as bar:
+        assert are_progress_bars_disabled()  # no \r-redrawn library bars in a log file either
         bar.add("verify", 4)
         callback = bar.on_batch("verify")
         time.sleep(0.4)  # one long engine call: no callback for a while
