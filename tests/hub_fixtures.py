@@ -1,5 +1,9 @@
 """Fixtures for Hub tests: a loopback Hub server and small spark-hub output folders.
 
+Dataset folders are copies of one real ``build-dataset`` run on the scripted backend (built once per
+session, `built_dataset`), so their rows, manifest and card are what the pipeline writes and pass
+the project's own validation; model folders hold a tiny random Llama with a manifest.
+
 Import the fixtures into a test module with ``from hub_fixtures import hub_server  # noqa: F401``.
 
 One `HubServer` serves the whole test session (``huggingface_hub`` and fsspec cache file systems per
