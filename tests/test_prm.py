@@ -471,3 +471,26 @@ def test_verdict_probability_spans_every_token_of_the_word(tmp_path):
     s = prm.score(PROBLEM, STEPS[:1])
     assert s.step_verdicts == [False] and s.step_probs == pytest.approx([1 - 0.5 * 0.6])
     assert s.final_prob == pytest.approx(0.1)
+
+
+def test_published_convention_from_the_hub_fetches_safetensors_only(hub_server, tmp_path):
+    """A non spark-hub repo (no manifest) with spec=...: configs, tokenizer and safetensors, never pickles."""
+    import torch
+    from huggingface_hub import HfApi
+    from hub_fixtures import unique_repo
+
+    folder = tmp_path / "qwen-prm"
+    _qwen_prm_folder(folder)
+    torch.save({"decoy": torch.zeros(1)}, folder / "pytorch_model.bin")
+    repo_id = unique_repo("qwen-prm")
+    api = HfApi(endpoint=hub_server.endpoint)
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+
+    prm = load_prm(repo_id, spec="qwen2.5-math-prm")
+    fetched = Path(prm.source["folder"])
+    assert (fetched / "model.safetensors").is_file() and not (fetched / "pytorch_model.bin").exists()
+    local = load_prm(folder, spec="qwen2.5-math-prm").score(PROBLEM, STEPS)
+    assert prm.score(PROBLEM, STEPS).step_probs == pytest.approx(local.step_probs, abs=1e-6)
+    with pytest.raises(SparkHubError, match="no manifest.json|not a spark-hub artifact"):
+        load_prm(repo_id)  # without a spec it must be a spark-hub artifact
