@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hub_fixtures import hub_server  # noqa: F401 - a fixture
 
 from test_sft_data import _many
 from tiny_models import make_tiny_model
@@ -174,3 +175,25 @@ def test_main_trains_from_one_recipe_and_reruns_as_a_no_op(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as info:
         main(["--config", str(recipe), "--output-dir", str(tmp_path / "other"), "--set", "learning_rat=1"])
     assert info.value.code == 2 and "unknown key learning_rat" in capsys.readouterr().err
+
+
+def test_checkpoints_are_pushed_to_step_branches_and_load(hub_server, tmp_path):
+    from hub_fixtures import unique_repo
+
+    from spark_hub.prm import load_prm
+    from spark_hub.train.prm import train_prm
+
+    base = make_tiny_model(tmp_path / "base")
+    repo_id = unique_repo("prm-ckpt")
+    out = train_prm(str(base), tmp_path / "prm", records=_many(8, 2), variant="prm", eval_fraction=0.25,
+                    training_args={"max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 4,
+                                   "max_length": 512},
+                    push_checkpoints_to=repo_id)
+    repo = hub_server.repo(repo_id)
+    for step in (1, 2):
+        files = repo.resolve(f"step-00000{step}").files
+        assert {"model.safetensors", "prm_spec.json", "manifest.json", "tokenizer.json"} <= set(files)
+        assert not any(name.endswith((".pt", ".pth", ".bin")) for name in files)
+    assert not (out / ".spark" / "push" / "checkpoint-1").exists()  # staging removed after the push
+    prm = load_prm(repo_id, revision="step-000002")
+    assert prm.spec["variant"] == "prm" and prm.score("What is 1+1?", ["1+1 = 2."]).n_steps == 1

@@ -153,6 +153,8 @@ def train_prm(
     inputs: Mapping[str, Any] | None = None,
     trust_remote_code: bool = False,
     dtype: str | None = None,
+    push_checkpoints_to: str | None = None,
+    hub_endpoint: str | None = None,
     callbacks: Sequence[Any] = (),
 ) -> Path:
     """Fine-tune ``model`` into a generative PRM and write it to ``output_dir``.
@@ -168,6 +170,11 @@ def train_prm(
             ``learning_rate``, ``report_to``...), or a resolved `trl.SFTConfig` used as it is (its
             ``output_dir`` is replaced by the checkpoint folder).
         dtype: weights dtype for training (default: bfloat16 when ``bf16`` is on, else float32).
+        push_checkpoints_to: a Hub model repo: every checkpoint is pushed in the background to branch
+            ``step-NNNNNN`` (weights, tokenizer, ``prm_spec.json`` and a manifest; no optimizer state)
+            with `spark_hub.hub.push_checkpoint_async`; training waits for the pending pushes at the end
+            and logs the ones that failed. The final model is pushed by the caller (``hub.push``).
+        hub_endpoint: Hub URL for the checkpoint pushes (default ``HF_ENDPOINT``).
         inputs: provenance of the data for the manifest, e.g. ``{"source": "org/steps", "revision": sha}``
             (recorded as ``inputs.sft_data`` beside the sha256 of the examples).
         callbacks: extra `transformers.TrainerCallback` objects.
@@ -259,9 +266,21 @@ def train_prm(
     last = last_complete_checkpoint(checkpoints)
     if last:
         logger.info("resuming from %s", last)
+    all_callbacks = list(callbacks)
+    pusher = None
+    if push_checkpoints_to and main:
+        from spark_hub.hub import require_token
+
+        require_token()  # fail now, not at the first checkpoint
+        pusher = _CheckpointPusher(output_dir, push_checkpoints_to, variant, base, sft, key, hub_endpoint)
+        all_callbacks.append(pusher.callback())
     trainer = SFTTrainer(model=net, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=list(callbacks) or None)
-    result = trainer.train(resume_from_checkpoint=last)
+                         processing_class=tokenizer, callbacks=all_callbacks or None)
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    finally:
+        if pusher is not None:
+            pusher.wait()
 
     # -- save -------------------------------------------------------------------------------------
     trainer.save_model(str(output_dir))  # safetensors by default
@@ -269,6 +288,72 @@ def train_prm(
         _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+#: Files of a checkpoint that make a loadable PRM (no optimizer / scheduler / RNG pickles).
+_PUSHABLE_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken")
+_NOT_PUSHED = {"trainer_state.json"}
+
+
+class _CheckpointPusher:
+    """Stages each saved checkpoint as a PRM folder and pushes it to a step branch in the background."""
+
+    def __init__(self, output_dir: Path, repo_id: str, variant: str, base: dict, sft, key: str,
+                 endpoint: str | None):
+        self.output_dir, self.repo_id, self.variant, self.base = output_dir, repo_id, variant, base
+        self.sft, self.key, self.endpoint = sft, key, endpoint
+        self.futures: list = []
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        pusher = self
+
+        class PushCheckpoints(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    pusher.push(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+        return PushCheckpoints()
+
+    def push(self, checkpoint: Path, step: int) -> None:
+        from spark_hub import rm_prompts
+        from spark_hub.hub import push_checkpoint_async
+        from spark_hub.manifest import new_manifest, write_manifest
+        from spark_hub.prm import generative_spec, write_spec
+
+        staging = self.output_dir / ".spark" / "push" / checkpoint.name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for path in checkpoint.iterdir():
+            if path.is_file() and path.suffix in _PUSHABLE_SUFFIXES and path.name not in _NOT_PUSHED:
+                try:
+                    (staging / path.name).hardlink_to(path)
+                except OSError:
+                    shutil.copy2(path, staging / path.name)
+        write_spec(staging, generative_spec(self.variant, base_model=self.base["id"]))
+        write_manifest(staging, new_manifest(
+            "prm",
+            config={"prm_format": self.variant, "stage": "train-prm", "checkpoint": step},
+            models={"base_model": self.base},
+            prompts={self.variant: rm_prompts.template_hash(self.variant)},
+            seeds={"split": self.sft.statistics.get("seed")},
+            statistics={"global_step": step, "checkpoint": True},
+            build_key=self.key,
+        ))
+        future = push_checkpoint_async(staging, self.repo_id, step, endpoint=self.endpoint)
+        self.futures.append((step, staging, future))
+
+    def wait(self) -> None:
+        """Wait for the pending pushes, log each outcome, remove the staging folders (hard links)."""
+        for step, staging, future in self.futures:
+            try:
+                result = future.result()
+                logger.info("checkpoint step %d pushed to %s@%s", step, self.repo_id, result.revision)
+            except Exception as error:  # a failed checkpoint push does not fail the training run
+                logger.warning("checkpoint step %d was not pushed to %s: %s", step, self.repo_id, error)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.futures.clear()
 
 
 def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, config, key: str, result,
@@ -332,7 +417,8 @@ class PRMTrainArgs:
             raise SparkHubError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
-def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any) -> Path:
+def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, push_checkpoints_to: str | None = None,
+                      hub_endpoint: str | None = None) -> Path:
     """Run `train_prm` from the three parsed recipe sections (``PRMTrainArgs``, ``SFTConfig``, ``ModelConfig``).
 
     ``training.output_dir`` is the PRM folder. LoRA (``use_peft``) is not supported yet.
@@ -353,7 +439,7 @@ def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any) -> Pat
         revision=None if revision == "main" else revision, training_args=training,
         eval_fraction=args.eval_fraction, seed=args.split_seed, keep_inexact_cot=args.keep_inexact_cot,
         inputs={"source": args.dataset, "revision": args.dataset_revision},
-        dtype=getattr(model_args, "dtype", None),
+        dtype=getattr(model_args, "dtype", None), push_checkpoints_to=push_checkpoints_to, hub_endpoint=hub_endpoint,
     )
 
 
