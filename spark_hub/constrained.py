@@ -181,6 +181,8 @@ class TokenTable:
             self.has_gt[i] = ">" in text
         self.free_mid = torch.tensor(mid)
         self.free_start = torch.tensor(start)
+        # rows of forbidden tokens: [at a line start, inside a line, nothing forbidden]
+        self.forbid = torch.stack([~self.free_start, ~self.free_mid, torch.zeros(vocab_size, dtype=torch.bool)])
         self.gt_ids = [i for i, flag in enumerate(self.has_gt) if flag and (mid[i] or start[i])]
         self.eos_token_id = tokenizer.eos_token_id
 
@@ -193,6 +195,9 @@ def _line_ok(line: str) -> bool:
     stripped = line.lstrip(" \t")
     return not stripped or stripped[0] not in "#*"
 
+
+START, MID, ANY = 0, 1, 2
+"""Rows of `TokenTable.forbid`."""
 
 _TABLES: dict[int, TokenTable] = {}
 
@@ -357,7 +362,8 @@ class _RowState:
     # -- what is allowed now ----------------------------------------------------------------------
 
     def allowed(self) -> tuple[str, Any]:
-        """("one", id) | ("set", [ids]) | ("mask", bool tensor, extra forbidden ids) | ("any", None)."""
+        """("one", id) | ("set", [ids]) | ("mask", START or MID, extra forbidden ids, exit id or None)
+        | ("any", None)."""
         if self.done:
             return ("any", None)
         op = self.ops[self.index]
@@ -371,7 +377,7 @@ class _RowState:
         if self.budget <= 0:
             self.pending = list(op[4] if self.line_start else op[5])
             return ("one", self.pending[0])
-        mask = self.table.free_start if self.line_start else self.table.free_mid
+        mask = START if self.line_start else MID
         forbidden = []
         if "<" in self.tail:
             forbidden = [i for i in self.table.gt_ids if _makes_think_tag(self.tail + self.table.texts[i])]
@@ -410,6 +416,7 @@ class ConstrainedLogitsProcessor:
         self.logprobs: list[list[float]] = [[] for _ in constraints]
         self._last = None
         self._calls = 0
+        self._forbid = None
 
     def __call__(self, input_ids, scores):
         import torch
@@ -425,28 +432,36 @@ class ConstrainedLogitsProcessor:
                     state.consume(last[row])
         self._calls += 1
 
-        neg = torch.finfo(scores.dtype).min
+        # One (rows, vocab) mask of forbidden tokens, built from the table's precomputed rows, and one
+        # masked_fill: per-row tensor operations cost more than the model step on CPU.
+        kinds, fixes = [], []
         for row, state in enumerate(self.rows):
-            if state is None:
-                continue
-            kind, *what = state.allowed()
-            if kind == "any":
-                continue
-            if kind == "one" or kind == "set":
-                ids = [what[0]] if kind == "one" else what[0]
-                keep = scores[row, ids].clone()
-                scores[row].fill_(neg)
-                scores[row, ids] = keep
-            else:
-                mask, forbidden, exit_id = what
-                allowed = mask.to(scores.device)
-                if exit_id is not None or forbidden:
-                    allowed = allowed.clone()
-                    if exit_id is not None:
-                        allowed[exit_id] = True
+            allowed = ("any", None) if state is None else state.allowed()
+            kind = allowed[0]
+            if kind == "mask":
+                kinds.append(allowed[1])
+                if allowed[2] or allowed[3] is not None:
+                    fixes.append((row, allowed[2], allowed[3]))
+            elif kind == "any":
+                kinds.append(ANY)
+            else:  # one token or a small set: forbid everything, then allow those
+                kinds.append(-1)
+                fixes.append((row, None, [allowed[1]] if kind == "one" else allowed[1]))
+        if any(kind != ANY for kind in kinds):
+            if self._forbid is None or self._forbid.device != scores.device:
+                self._forbid = self.table.forbid.to(scores.device)
+            index = torch.tensor([max(kind, 0) for kind in kinds], device=scores.device)
+            forbid = self._forbid[index]
+            for row, forbidden, allow in fixes:
+                if forbidden is None:  # one/set
+                    forbid[row] = True
+                    forbid[row, allow] = False
+                else:
                     if forbidden:
-                        allowed[forbidden] = False
-                scores[row] = scores[row].masked_fill(~allowed, neg)
+                        forbid[row, forbidden] = True
+                    if allow is not None:
+                        forbid[row, allow] = False
+            scores = scores.masked_fill(forbid, torch.finfo(scores.dtype).min)
         if self.record_logprobs:
             self._last = torch.log_softmax(scores.float(), dim=-1)
         return scores
