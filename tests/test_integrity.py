@@ -327,3 +327,47 @@ def test_corrupted_call_cache_is_a_one_line_error(tmp_path, content):
             run(recipe, out)
     else:  # an empty file is an empty cache: everything is asked again
         assert run(recipe, out).model_requests == {"generator": 3, "verifier": 5}
+
+
+def test_three_builds_started_together_never_collide(tmp_path):
+    """No gate: whoever gets the lock builds; the others exit 2 at once (or reuse the finished build)."""
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    env = env_with_tests_on_path()
+    env["SPARK_TEST_DELAY"] = "0.2"
+    cmd = [sys.executable, "-m", "spark_hub.cli", "build-dataset", "--config", str(recipe),
+           "--output-dir", str(out), "--no-progress", "-q",
+           "--set", "generator.backend=slow_backend:SlowScriptedBackend",
+           "--set", "verifier.backend=slow_backend:SlowScriptedBackend",
+           "--set", "generator.batch_size=1", "--set", "verifier.batch_size=1"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    for rc, err in results:
+        assert rc in (0, 2) and "Traceback" not in err, err
+        if rc == 2:
+            assert "another build (pid" in err and len(err.strip().splitlines()) == 1, err
+    assert any(rc == 0 for rc, _ in results)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(manifest["statistics"]["model_requests"].values()) == 8
+    assert len(CallCache(out / ".spark" / "cache.sqlite")) == 8
+    assert project(read_rows(out)) == GOLDEN_RECORDS
+
+
+def test_crash_while_finalizing_is_rebuilt_from_cache(tmp_path, monkeypatch):
+    """Shards moved, card written, then the process dies before the manifest (with a temp file left)."""
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    run(recipe, out)
+
+    def die(folder, manifest, **kwargs):
+        (Path(folder) / ".manifest.json.0123abcd.tmp").write_text('{"partial"')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "write_manifest", die)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, out, "aggregation.method=outcome_consistency")  # a new key: it re-finalizes
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists()
+    again = run(recipe, out)
+    assert not again.reused and again.model_requests == {"generator": 0, "verifier": 0}
+    assert project(read_rows(out)) == GOLDEN_RECORDS
+    assert not list(out.rglob("*.tmp"))
