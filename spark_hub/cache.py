@@ -47,12 +47,24 @@ def _dumps(completions: list[Completion]) -> tuple[str, bool]:
     return blob, False
 
 
+def _has_surrogate(text: str) -> bool:
+    """True when ``text`` cannot be UTF-8 encoded (a lone surrogate). ~0.1 us for ASCII text, ~1 us
+    for 2 KB of other text (a regex scan costs ~20 us: as much as parsing the verification)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def clean_text(completions: list[Completion]) -> tuple[list[Completion], int]:
     """Replace lone surrogates in completion texts with U+FFFD; returns the list and how many changed."""
     changed = 0
     out = completions
     for i, c in enumerate(completions):
-        if _SURROGATE.search(c.text):
+        if _has_surrogate(c.text):
             if out is completions:
                 out = list(completions)
             out[i] = dataclasses.replace(c, text=_SURROGATE.sub("\ufffd", c.text))

@@ -371,3 +371,13 @@ def test_crash_while_finalizing_is_rebuilt_from_cache(tmp_path, monkeypatch):
     assert not again.reused and again.model_requests == {"generator": 0, "verifier": 0}
     assert project(read_rows(out)) == GOLDEN_RECORDS
     assert not list(out.rglob("*.tmp"))
+
+
+def test_clean_text_replaces_only_lone_surrogates():
+    from spark_hub.cache import clean_text
+
+    texts = ["plain ascii", "Émile paid 15 € 👍", "half \ud83d emoji", "\udc00 low first", "two \ud83d\ude00 halves"]
+    cleaned, changed = clean_text([Completion(t) for t in texts])
+    assert [c.text for c in cleaned] == ["plain ascii", "Émile paid 15 € 👍", "half \ufffd emoji", "\ufffd low first",
+                                         "two \ufffd\ufffd halves"]
+    assert changed == 3 and all(len(a.text) == len(b) for a, b in zip(cleaned, texts))  # offsets stay valid
