@@ -222,6 +222,10 @@ def test_build_that_labels_nothing_warns_with_what_to_try(tmp_path, caplog):
     assert "--set verifier.constrained=true" in warning and "another verifier" in warning
     assert warning in caplog.text
     assert result.manifest["statistics"]["warnings"] == [warning]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spark_hub"):
+        again = run(recipe, tmp_path / "out", f"verifier.model={chatty}")
+    assert again.reused and warning in caplog.text  # a finished build says it again
 
 
 def test_constrained_build_does_not_suggest_constraining(tmp_path):

@@ -346,6 +346,8 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
     done = finished_build(output_dir, key)
     if done is not None:
         logger.info("%s already holds this build (key %s); nothing to do", output_dir, key[:12])
+        for warning in (done.get("statistics") or {}).get("warnings") or []:
+            logger.warning("%s: %s", output_dir, warning)
         return BuildResult(output_dir, done, done.get("statistics", {}), reused=True,
                            model_requests={"generator": 0, "verifier": 0}, seconds=time.monotonic() - t0)
 
