@@ -181,10 +181,15 @@ def _did_you_mean(key: str, valid: list[str]) -> str:
 
 
 def _blamed_fields(error: BaseException, cls, given: dict[str, Any]) -> list[str]:
-    """The fields a validation error is about: its ``field`` attribute, else the field its message
-    starts with (``"n must be >= 1"``, ``"balance.by must be..."``), else the given keys it names
-    (``"At most one of fp16 and bf16..."``), else the given keys whose value it quotes
-    (``"nope is not a valid SchedulerType"``)."""
+    """The fields a validation error is about, in this order of evidence:
+
+    1. its ``field`` attribute (`invalid`);
+    2. the given field its message starts with (``"n must be >= 1"``, ``"balance.by must be..."``);
+    3. the given fields its message names (``"At most one of fp16 and bf16..."``; also when it starts
+       with a field the user did not set, e.g. TRL's derived ``generation_batch_size``);
+    4. the field its message starts with, even a default one;
+    5. the given fields whose value it quotes (``"nope is not a valid SchedulerType"``).
+    """
     import re
 
     name = getattr(error, "field", None)
@@ -192,9 +197,8 @@ def _blamed_fields(error: BaseException, cls, given: dict[str, Any]) -> list[str
     if name in valid:
         return [name]
     message = getattr(error, "message", None) or str(error)
-    first = message.split(" ", 1)[0].strip("`'\":,")
-    first = first.rsplit(".", 1)[-1]
-    if first in valid:
+    first = message.split(" ", 1)[0].strip("`'\":,").rsplit(".", 1)[-1]
+    if first in given:
         return [first]
 
     def word(text: str) -> str:
@@ -203,6 +207,8 @@ def _blamed_fields(error: BaseException, cls, given: dict[str, Any]) -> list[str
     named = [k for k in given if re.search(word(k), message)]
     if named:
         return named
+    if first in valid:
+        return [first]
     return [k for k, v in given.items()
             if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) and re.search(word(str(v)), message)]
 

@@ -190,3 +190,20 @@ def test_trl_errors_name_the_source(tmp_path):
     message = error_of(parse_config, types, overrides=["verifier.n=0"], flags={"output_dir": str(tmp_path)},
                        accelerator=False)
     assert message == "--set verifier.n: n must be >= 1, got 0 (verifier)"
+
+
+def test_grpo_config_from_one_yaml_with_its_own_checks(tmp_path):
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text("model_name_or_path: my-org/policy\nlearning_rate: 1e-6\nnum_generations: 4\n"
+                      "per_device_train_batch_size: 4\nmax_completion_length: 64\nbeta: 0.04\n")
+    grpo, model = parse_config((trl.GRPOConfig, trl.ModelConfig), recipe, flags={"output_dir": str(tmp_path / "out")},
+                               accelerator=False)
+    assert (grpo.learning_rate, grpo.num_generations, grpo.beta, grpo.use_cpu, grpo.bf16) == (1e-6, 4, 0.04, True, False)
+    assert model.model_name_or_path == "my-org/policy"
+    # TRL's cross-field rule on a derived value: the message is TRL's, the blame goes to the key the user set
+    message = error_of(parse_config, (trl.GRPOConfig, trl.ModelConfig), recipe, ["per_device_train_batch_size=3"],
+                       {"output_dir": str(tmp_path / "out")}, accelerator=False)
+    assert message.startswith(f"{recipe}:3: generation_batch_size (3) must be divisible by num_generations (4)")
+    message = error_of(parse_config, (trl.GRPOConfig, trl.ModelConfig), recipe, ["num_generations=1"],
+                       {"output_dir": str(tmp_path / "out")}, accelerator=False)
+    assert message.startswith("--set num_generations: GRPO requires at least 2 generations per prompt")
