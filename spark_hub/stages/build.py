@@ -6,7 +6,18 @@ problems -> M solutions per problem -> N verifications per solution (one request
 Every model call goes through the cache (`spark_hub.cache`), so a killed run resumes where it
 stopped and a finished build re-runs with zero model calls. Output files are staged under
 ``.spark/`` and moved into place at the end, the manifest last: a folder whose manifest matches
-the current build key is complete.
+the current build key, and whose files all have the sha256 the manifest records, is complete; any
+other folder is rebuilt from the call cache (saying which file differed).
+
+Integrity rules: inputs, references and model folders are checked before anything is written; one
+build at a time writes an output folder and a call cache (`spark_hub.io.BuildLock`; a second one
+fails at once naming the first one's pid); temp files a killed writer left are removed at start; a
+build that fails before caching any model call leaves no ``.spark/`` behind. The build key hashes
+input contents, not their paths (the path is recorded in the manifest).
+
+Stage modules: `generate`, `verify`, `critique` (meta-critique calls), `aggregate`, `balance`,
+`contamination`, `stats` (the statistics and the labelling warning); inputs come from
+`spark_hub.inputs`.
 """
 
 from __future__ import annotations
