@@ -265,6 +265,15 @@ def min_tokens(constraint: str, tokenizer, vocab_size: int | None = None) -> int
     return sum(_fixed_cost(op) for op in _program(parse_constraint(constraint), table))
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
 class _RowState:
     """Where one sequence is in its program."""
 
@@ -285,6 +294,11 @@ class _RowState:
         for i in range(len(ops) - 1, -1, -1):
             self._suffix_cost[i] = self._suffix_cost[i + 1] + _fixed_cost(ops[i])
             self._suffix_weight[i] = self._suffix_weight[i + 1] + (ops[i][1] if ops[i][0] == "free" else 0)
+        if self._suffix_cost[0] > max_tokens:
+            _warn_once(
+                f"max_tokens={max_tokens} is below the {self._suffix_cost[0]} tokens this constrained output "
+                f"needs even with empty analysis: it will be cut off (raise verifier.max_tokens)"
+            )
         self._enter()
 
     # -- moving through the program ---------------------------------------------------------------

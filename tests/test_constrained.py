@@ -262,3 +262,12 @@ def test_a_model_that_writes_headers_cannot_break_the_format(backend, think):
         for line in body.splitlines():
             if line.lstrip(" \t")[:1] in ("#", "*"):  # only the forced headers and verdicts
                 assert re.fullmatch(r"## Step \d+:.*|\*\*This step is (in)?correct\.\*\*", line.strip()), text
+
+
+def test_max_tokens_below_the_forced_text_is_warned(backend, caplog):
+    constraint = verification_constraint(3)
+    short = budget(backend, constraint, 0) - 5
+    completion = backend.generate([request("short", n=1, temperature=1.0, max_tokens=short, seed=1,
+                                           constraint=constraint)])[0][0]
+    assert completion.finish_reason == "length"
+    assert "max_tokens=%d is below the %d tokens" % (short, short + 5) in caplog.text
