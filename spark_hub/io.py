@@ -121,6 +121,7 @@ class BuildLock:
         self.lock_path = Path(lock_path)
         self.target = Path(target)
         self._fd: int | None = None
+        self._writable = True
 
     def acquire(self) -> "BuildLock":
         try:
@@ -129,7 +130,15 @@ class BuildLock:
             logger.debug("no fcntl on this platform: concurrent builds on %s are not detected", self.target)
             return self
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._writable = True
+        except PermissionError:  # another user's lock file: a read-only descriptor locks as well
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except OSError as e:
+                raise SparkHubError(f"cannot lock {self.target}: {e.strerror} ({self.lock_path})") from None
+            self._writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -140,8 +149,9 @@ class BuildLock:
                 f"another build (pid {self._owner()}) is writing {self.target}",
                 hint="wait for it to finish, or use another --output-dir / cache path",
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if self._writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
@@ -162,8 +172,9 @@ class BuildLock:
             return
         import fcntl
 
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
+        if self._writable:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

@@ -383,3 +383,23 @@ def test_clean_text_replaces_only_lone_surrogates():
     assert [c.text for c in cleaned] == ["plain ascii", "Émile paid 15 € 👍", "half \ufffd emoji", "\ufffd low first",
                                          "two \ufffd\ufffd halves"]
     assert changed == 3 and all(len(a.text) == len(b) for a, b in zip(cleaned, texts))  # offsets stay valid
+
+
+def test_lock_file_of_another_user_still_locks(tmp_path, monkeypatch):
+    import spark_hub.io as io_module
+    from spark_hub.io import BuildLock
+
+    lock = tmp_path / "build.lock"
+    lock.write_text("")
+    real_open = os.open
+
+    def no_write(path, flags, *args):  # as if the lock file belonged to another user
+        if Path(path) == lock and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(io_module.os, "open", no_write)
+    with BuildLock(lock, tmp_path):
+        with pytest.raises(SparkHubError, match="another build"):
+            BuildLock(lock, tmp_path).acquire()
+    BuildLock(lock, tmp_path).acquire().release()
