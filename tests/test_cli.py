@@ -228,24 +228,39 @@ def test_dry_run_says_when_the_recipe_limit_applies(tmp_path):
 # ----------------------------------------------------------------------------- recipes, env, info
 
 
-def test_recipes_lists_the_builtin_recipes_with_their_description():
+def test_recipes_lists_the_builtin_recipes_by_kind_with_their_description():
+    from spark_hub.cli.tools import builtin_recipes
+
     result = CliRunner().invoke(cli, ["recipes"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    demo = next(line for line in lines if line.startswith("demo-cpu "))
+    assert lines[0] == "build-dataset (spark-hub build-dataset --config NAME):"
+    demo = next(line for line in lines if line.startswith("  demo-cpu "))
     assert "spark-hub demo on CPU" in demo
-    assert any(line.startswith("spark-paper/step_consistency ") and "step_consistency" in line.split(None, 1)[1]
+    assert any(line.startswith("  spark-paper/step_consistency ") and "step_consistency" in line.split(None, 1)[1]
                for line in lines)
-    names = [line.split()[0] for line in lines if line and not line.startswith(("8 ", " ")) and "recipes in" not in line]
-    assert len(names) == 8, names
+    kinds = {name: kind for name, kind, _ in builtin_recipes()}
+    assert sum(kind == "build-dataset" for kind in kinds.values()) >= 8
+    assert all(kind == "train prm" for name, kind in kinds.items() if "train-prm/" in name)
+    assert all(kind == "accelerate" for name, kind in kinds.items() if name.startswith("accelerate/"))
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("  /")]
+    assert sorted(listed) == sorted(name for name, kind in kinds.items() if kind != "accelerate")
 
 
 def test_every_listed_recipe_loads():
     from spark_hub.cli.tools import builtin_recipes
+    from spark_hub.config import parse_config
 
-    for name, _ in builtin_recipes():
-        config = load_build_config(name)
-        assert config.verifier.n >= 1, name
+    for name, kind, _ in builtin_recipes():
+        if kind == "build-dataset":
+            assert load_build_config(name).verifier.n >= 1, name
+        elif kind == "train prm":
+            trl = pytest.importorskip("trl")
+            from spark_hub.train.prm import PRMTrainArgs
+
+            args, training, model = parse_config((PRMTrainArgs, trl.SFTConfig, trl.ModelConfig), name,
+                                                 accelerator=False)
+            assert args.dataset and model.model_name_or_path, name
 
 
 def test_env_prints_versions_and_devices():
@@ -452,8 +467,8 @@ def test_train_prm_reads_one_recipe_for_spark_hub_and_trl(tmp_path, monkeypatch)
     pytest.importorskip("trl")
     seen = {}
 
-    def fake_train(args, training, model_args):
-        seen.update(args=args, training=training, model=model_args)
+    def fake_train(args, training, model_args, **kwargs):
+        seen.update(args=args, training=training, model=model_args, **kwargs)
         return Path(training.output_dir)
 
     monkeypatch.setattr("spark_hub.train.prm.train_from_config", fake_train)
@@ -466,6 +481,7 @@ def test_train_prm_reads_one_recipe_for_spark_hub_and_trl(tmp_path, monkeypatch)
     assert (args.dataset, args.variant, args.eval_fraction) == (str(tmp_path / "records"), "orm", 0.2)
     assert (training.learning_rate, training.max_steps, training.output_dir) == (1e-4, 5, str(tmp_path / "prm"))
     assert model.model_name_or_path == "my-org/base"
+    assert seen["push_checkpoints_to"] is None
     import torch
 
     if not torch.cuda.is_available():
@@ -480,11 +496,30 @@ def test_train_prm_reads_one_recipe_for_spark_hub_and_trl(tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe), "--push"])
     assert result.output.strip() == "Error: --push needs --hub-repo ORG/NAME"
 
+    # --push: checkpoints go to step branches while training, then the final folder to the target branch
+    recipe.write_text(recipe.read_text().replace("learnig_rate: 0.1\n", ""))
+    pushed = []
+
+    class Pushed:
+        commit_url = None
+
+        def summary(self):
+            return "Pushed 5 files (1 MiB) to model me/prm@main"
+
+    monkeypatch.setattr("spark_hub.hub.push", lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or Pushed())
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe), "--push", "--hub-repo", "me/prm",
+                                      "--private", "--hub-endpoint", "http://127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    assert (seen["push_checkpoints_to"], seen["hub_endpoint"]) == ("me/prm", "http://127.0.0.1:9")
+    assert pushed == [(tmp_path / "from-recipe", "me/prm", {"revision": "main", "private": True, "overwrite": False,
+                                                             "endpoint": "http://127.0.0.1:9"})]
+    assert result.output.strip().splitlines()[-1] == "Pushed 5 files (1 MiB) to model me/prm@main"
+
 
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path, monkeypatch):
     pytest.importorskip("trl")
 
-    def interrupted(args, training, model_args):
+    def interrupted(args, training, model_args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("spark_hub.train.prm.train_from_config", interrupted)
@@ -495,3 +530,20 @@ def test_ctrl_c_in_training_says_how_to_resume(tmp_path, monkeypatch):
     assert result.output.strip().splitlines()[-1] == (
         "Interrupted: training is resumable: it continues from the last saved checkpoint. "
         f"Resume with the same command: cli train prm --config {recipe}")
+
+
+def test_summary_shows_votes_behind_agreement_and_ends_with_the_warnings(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from spark_hub.cli import print_summary
+
+    statistics = {"problems": 8, "solutions": 8, "verifications": 32, "parse_failure_rate": 0.97,
+                  "records_labelled": 1, "mean_step_agreement": 1.0, "mean_votes_per_step": 1.0,
+                  "single_vote_steps": 3,
+                  "warnings": ["only 1 of 8 solution(s) labelled; 31 of 32 verification(s) did not parse"]}
+    print_summary(SimpleNamespace(statistics=statistics, output_dir=tmp_path, reused=False, seconds=1.0,
+                                  model_requests={"generator": 8, "verifier": 8}))
+    err = capsys.readouterr().err
+    assert "100.0% (1.0 votes/step)" in err and "steps with a single vote" in err
+    assert err.strip().splitlines()[-1] == ("Warning: only 1 of 8 solution(s) labelled; 31 of 32 verification(s) "
+                                            "did not parse")

@@ -107,11 +107,17 @@ def print_summary(result) -> None:
         ("steps labelled", s.get("steps_labelled")),
         ("step labels correct", pct(s.get("step_label_balance"))),
         ("final verdict Yes", pct(s.get("final_label_balance"))),
-        ("mean per-step agreement", pct(s.get("mean_step_agreement"))),
+        ("mean per-step agreement", pct(s.get("mean_step_agreement"))
+         + (f" ({s['mean_votes_per_step']:.1f} votes/step)" if s.get("mean_votes_per_step") is not None else "")),
         ("unanimous steps", pct(s.get("unanimous_step_rate"))),
         ("model requests (gen/ver)", f"{result.model_requests.get('generator', 0)}/{result.model_requests.get('verifier', 0)}"),
         ("seconds", f"{result.seconds:.1f}"),
     ]
+    if s.get("single_vote_steps"):
+        rows.insert(-2, ("steps with a single vote", s["single_vote_steps"]))
     for name, value in rows:
         table.add_row(name, str(value))
-    console().print(table)
+    out = console()
+    out.print(table)
+    for warning in s.get("warnings") or []:  # the last thing the user sees: what went wrong and what to try
+        out.print(f"Warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -123,7 +123,9 @@ def train_prm(config_path, overrides, output_dir, push, hub_repo, hub_revision, 
         raise SparkHubError("--push needs --hub-repo ORG/NAME")
     args, training, model_args = parse_config((prm_training.PRMTrainArgs, SFTConfig, ModelConfig), config_path,
                                               list(overrides), {"output_dir": output_dir})
-    out = prm_training.train_from_config(args, training, model_args)
+    # with --push, every checkpoint also goes to a step-NNNNNN branch in the background while training
+    out = prm_training.train_from_config(args, training, model_args, push_checkpoints_to=hub_repo if push else None,
+                                         hub_endpoint=hub_endpoint)
     click.echo(f"PRM: {out}", err=True)
     if push:
         from spark_hub import hub

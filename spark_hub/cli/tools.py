@@ -20,9 +20,22 @@ def recipes_dir() -> Path:
     return Path(spark_hub.__file__).parent / "pipelines"
 
 
-def builtin_recipes() -> list[tuple[str, str]]:
-    """``(name, description)`` of every built-in recipe: its path under pipelines/ without ``.yaml``
-    and the first line of its leading comment."""
+#: Recipe kinds by folder (any level under pipelines/); everything else is a build-dataset recipe.
+KIND_FOLDERS = {"train-prm": "train prm", "train-grpo": "train grpo", "accelerate": "accelerate"}
+
+
+def recipe_kind(relative: Path) -> str:
+    """``build-dataset``, ``train prm``, ``train grpo`` or ``accelerate`` (an accelerate config, not
+    a recipe), from the folders of a path relative to pipelines/."""
+    for folder in relative.parts[:-1]:
+        if folder in KIND_FOLDERS:
+            return KIND_FOLDERS[folder]
+    return "build-dataset"
+
+
+def builtin_recipes() -> list[tuple[str, str, str]]:
+    """``(name, kind, description)`` of every built-in recipe and accelerate config: its path under
+    pipelines/ without ``.yaml``, its kind (`recipe_kind`) and the first line of its leading comment."""
     root = recipes_dir()
     found = []
     for path in sorted(root.rglob("*.yaml")):
@@ -33,18 +46,30 @@ def builtin_recipes() -> list[tuple[str, str]]:
                 break
             if line.strip():
                 break
-        found.append((path.relative_to(root).with_suffix("").as_posix(), description))
+        relative = path.relative_to(root)
+        found.append((relative.with_suffix("").as_posix(), recipe_kind(relative), description))
     return found
 
 
 @click.command()
 def recipes():
-    """List the built-in recipes (use one with --config NAME)."""
+    """List the built-in recipes by kind (use one with --config NAME) and the accelerate configs."""
     items = builtin_recipes()
-    width = max((len(name) for name, _ in items), default=0)
-    for name, description in items:
-        click.echo(f"{name:<{width}}  {description}".rstrip())
-    click.echo(f"\n{len(items)} recipes in {recipes_dir()}; e.g. spark-hub build-dataset --config {items[0][0] if items else 'NAME'} --dry-run")
+    width = max((len(name) for name, _, _ in items), default=0)
+    kinds = [k for k in dict.fromkeys(kind for _, kind, _ in items) if k != "accelerate"]
+    for kind in kinds:
+        click.echo(f"{kind} (spark-hub {kind} --config NAME):")
+        for name, item_kind, description in items:
+            if item_kind == kind:
+                click.echo(f"  {name:<{width}}  {description}".rstrip())
+    configs = [(name, description) for name, kind, description in items if kind == "accelerate"]
+    if configs:
+        click.echo("accelerate configs (accelerate launch --config_file PATH -m spark_hub.train.prm ...):")
+        for name, description in configs:
+            click.echo(f"  {recipes_dir() / name}.yaml  {description}".rstrip())
+    recipes_only = [name for name, kind, _ in items if kind == "build-dataset"]
+    click.echo(f"\n{len(items) - len(configs)} recipes in {recipes_dir()}; e.g. spark-hub build-dataset --config "
+               f"{recipes_only[0] if recipes_only else 'NAME'} --dry-run")
 
 
 def versions() -> dict[str, str | None]:
