@@ -103,7 +103,8 @@ _NOT_IN_KEY = {"output_dir", "logging_dir", "hub_token", "report_to", "logging_s
                "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout"}
 #: GRPOTrainArgs fields that do not change the trained policy.
 _ARGS_NOT_IN_KEY = {"push", "hub_repo", "hub_revision", "hub_private", "hub_overwrite", "push_checkpoints",
-                    "prm_base_url", "monitor_steps", "monitor_threshold"}
+                    "prm_base_url", "prm_max_concurrency", "prm_batch_size", "monitor_problems", "monitor_split",
+                    "monitor_problem_field", "monitor_answer_field", "monitor_size", "monitor_steps", "monitor_threshold"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class GRPOTrainArgs:
     prm_base_url: str | None = dataclasses.field(default=None, metadata={"help": "OpenAI-compatible PRM server URL (implies prm_backend=openai)."})
     prm_served_model: str | None = dataclasses.field(default=None, metadata={"help": "Model name the PRM server serves (default: the PRM id)."})
     prm_batch_size: int | None = dataclasses.field(default=None, metadata={"help": "Batch size of the in-process PRM backend."})
+    prm_max_concurrency: int | None = dataclasses.field(default=None, metadata={"help": "PRM server: requests in flight (the paper: 250)."})
     selective_min_steps: int = dataclasses.field(default=4, metadata={"help": "selective_advantage: fewer steps zero the whole advantage."})
     selective_max_steps: int = dataclasses.field(default=20, metadata={"help": "selective_advantage: more steps zero the whole advantage."})
     global_min_steps: int = dataclasses.field(default=3, metadata={"help": "global_step: fewer steps zero the step part."})
@@ -148,6 +150,9 @@ class GRPOTrainArgs:
     step_weight: float = dataclasses.field(default=0.2, metadata={"help": "global_step: weight of the step advantage."})
     reward_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the `random` reward."})
     monitor_problems: str | None = dataclasses.field(default=None, metadata={"help": "Held-out problems WITH references for the hacking monitor (file or Hub id)."})
+    monitor_split: str = dataclasses.field(default="test", metadata={"help": "Split of a Hub monitor_problems dataset."})
+    monitor_problem_field: str = dataclasses.field(default="problem", metadata={"help": "Problem field of monitor_problems."})
+    monitor_answer_field: str = dataclasses.field(default="answer", metadata={"help": "Answer field of monitor_problems."})
     monitor_size: int = dataclasses.field(default=32, metadata={"help": "Problems of monitor_problems used at each check."})
     monitor_steps: int = dataclasses.field(default=0, metadata={"help": "Run the hacking monitor every K optimizer steps (0 = off)."})
     monitor_threshold: float = dataclasses.field(default=0.2, metadata={"help": "Warn when |PRM reward - accuracy| on the monitor set exceeds this."})
@@ -419,20 +424,27 @@ def build_key(payload: Mapping[str, Any]) -> str:
 
 
 def _load_problems(args: GRPOTrainArgs, source: str, revision: str | None = None, *, limit: int | None = None,
-                   need_answers: bool = False):
+                   monitor: bool = False):
     from spark_hub.inputs import load_inputs
 
-    view = SimpleNamespace(solutions=None, problems=source, problems_revision=revision,
-                           problems_config=args.problems_config, problems_split=args.problems_split,
-                           problem_field=args.problem_field, answer_field=args.answer_field,
-                           id_field=args.id_field, limit=limit)
+    if monitor:
+        view = SimpleNamespace(solutions=None, problems=source, problems_revision=None, problems_config=None,
+                               problems_split=args.monitor_split, problem_field=args.monitor_problem_field,
+                               answer_field=args.monitor_answer_field, id_field=None, limit=None)
+    else:
+        view = SimpleNamespace(solutions=None, problems=source, problems_revision=revision,
+                               problems_config=args.problems_config, problems_split=args.problems_split,
+                               problem_field=args.problem_field, answer_field=args.answer_field,
+                               id_field=args.id_field, limit=limit)
+    need_answers = monitor
     inputs = load_inputs(view)
     problems = inputs.problems
     if need_answers:
         problems = [p for p in problems if p.reference]
         if not problems:
-            raise SparkHubError(f"no problem in {source} has a reference answer ({args.answer_field!r})",
+            raise SparkHubError(f"no problem in {source} has a reference answer ({args.monitor_answer_field!r})",
                                 hint="the hacking monitor needs held-out problems with answers")
+        problems = problems[:limit]
     return problems, inputs.provenance["problems"]
 
 
@@ -447,6 +459,8 @@ def _load_prm(args: GRPOTrainArgs):
         options["model"] = args.prm_served_model or args.prm
     if args.prm_batch_size:
         options["batch_size"] = args.prm_batch_size
+    if args.prm_max_concurrency and args.prm_base_url:
+        options["max_concurrency"] = args.prm_max_concurrency
     return load_prm(args.prm, revision=args.prm_revision, backend=backend, **options)
 
 
@@ -618,7 +632,7 @@ def train_grpo(
 
     monitor = None
     if args.monitor_steps:
-        held_out, _ = _load_problems(args, args.monitor_problems, None, limit=args.monitor_size, need_answers=True)
+        held_out, _ = _load_problems(args, args.monitor_problems, limit=args.monitor_size, monitor=True)
         mon_options = {"asynchronous": True} if prm is not None and _is_remote(prm) else {}
         mon_funcs = rewards.make_reward_funcs(["prm_outcome", "rlvr"] if prm is not None else ["rlvr"], prm=prm,
                                               **mon_options)
