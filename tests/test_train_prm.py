@@ -197,3 +197,38 @@ def test_checkpoints_are_pushed_to_step_branches_and_load(hub_server, tmp_path):
     assert not (out / ".spark" / "push" / "checkpoint-1").exists()  # staging removed after the push
     prm = load_prm(repo_id, revision="step-000002")
     assert prm.spec["variant"] == "prm" and prm.score("What is 1+1?", ["1+1 = 2."]).n_steps == 1
+
+
+def test_train_prm_recipes_and_accelerate_configs():
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from trl import ModelConfig, SFTConfig
+
+    from spark_hub.config import parse_config
+    from spark_hub.train.prm import PRMTrainArgs
+
+    pipelines = Path(__file__).parent.parent / "spark_hub" / "pipelines"
+    kinds = {}
+    for name in ("ddp", "zero2", "zero3", "fsdp"):
+        config = load_config_from_file(str(pipelines / "accelerate" / f"{name}.yaml"))  # unknown keys raise
+        assert isinstance(config, ClusterConfig) and config.mixed_precision == "bf16"
+        kinds[name] = (config.distributed_type.value, (config.deepspeed_config or {}).get("zero_stage"))
+    assert kinds == {"ddp": ("MULTI_GPU", None), "zero2": ("DEEPSPEED", 2), "zero3": ("DEEPSPEED", 3),
+                     "fsdp": ("FSDP", None)}
+
+    def parse(name):
+        return parse_config((PRMTrainArgs, SFTConfig, ModelConfig), name, [], {"output_dir": "unused"},
+                            accelerator=False)
+
+    args, training, model = parse("train-prm/demo-cpu")
+    assert (args.dataset, args.variant, model.model_name_or_path) == ("outputs/demo", "prm", "embedded")
+    assert training.use_cpu and not training.bf16 and training.max_steps > 0
+
+    variants = {}
+    for path in sorted((pipelines / "spark-paper" / "train-prm").glob("*.yaml")):
+        args, training, model = parse(f"spark-paper/train-prm/{path.stem}")
+        assert model.model_name_or_path == "Qwen/Qwen2.5-14B-Instruct" and not model.use_peft
+        assert args.dataset == "outputs/spark-step-consistency"  # what spark-paper/step_consistency builds
+        assert "does NOT give the SFT hyperparameters" in path.read_text()
+        variants[args.variant] = path.stem
+    assert variants == {"orm": "step_consistency_orm", "prm": "step_consistency_prm",
+                        "prm_cot": "step_consistency_prm_cot"}
