@@ -408,8 +408,10 @@ def _deepcopy(d):
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def _apply_flags(data: dict[str, Any], flags: dict[str, Any], sources: Sources) -> None:
-    """Explicit CLI flags (None = not given); dotted keys address sections."""
+def _apply_flags(data: dict[str, Any], flags: dict[str, Any], sources: Sources,
+                 flag_names: dict[str, str] | None = None) -> None:
+    """Explicit CLI flags (None = not given); dotted keys address sections. A flag is named in errors
+    as ``flag_names[key]``, else ``--`` + the key's last part with dashes (``limit`` -> ``--limit``)."""
     for key, value in flags.items():
         if value is None:
             continue
@@ -418,7 +420,7 @@ def _apply_flags(data: dict[str, Any], flags: dict[str, Any], sources: Sources) 
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-        sources[key] = "--" + parts[-1].replace("_", "-")
+        sources[key] = (flag_names or {}).get(key) or "--" + parts[-1].replace("_", "-")
 
 
 def _looks_like_path(model: str) -> bool:
@@ -498,6 +500,7 @@ def parse_config(
     flags: dict[str, Any] | None = None,
     *,
     accelerator: bool | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> tuple:
     """Instantiate several dataclasses from ONE YAML recipe, ``--set`` overrides and CLI flags.
 
@@ -513,6 +516,8 @@ def parse_config(
         flags: explicit CLI flags by dataclass field name.
         accelerator: whether a GPU is present (default: ask torch). Without one, subclasses of
             `transformers.TrainingArguments` get `CPU_DEFAULTS` for the keys the user did not set.
+        flag_names: how errors name a flag whose option differs from its key
+            (``{"hub_private": "--private"}``).
 
     Returns:
         One instance per type, in order.
@@ -537,7 +542,7 @@ def parse_config(
         for key, value in env.items():
             os.environ[str(key)] = str(value)
     data = apply_overrides(data, list(overrides), sources)
-    _apply_flags(data, dict(flags or {}), sources)
+    _apply_flags(data, dict(flags or {}), sources, flag_names)
 
     valid = sorted(declared)
     per_type: list[dict[str, Any]] = [{} for _ in types_]

@@ -261,6 +261,13 @@ def test_every_listed_recipe_loads():
             args, training, model = parse_config((PRMTrainArgs, trl.SFTConfig, trl.ModelConfig), name,
                                                  accelerator=False)
             assert args.dataset and model.model_name_or_path, name
+        elif kind == "train grpo":
+            trl = pytest.importorskip("trl")
+            from spark_hub.train.grpo import GRPOTrainArgs
+
+            args, training, model = parse_config((GRPOTrainArgs, trl.GRPOConfig, trl.ModelConfig), name,
+                                                 accelerator=False)
+            assert args.problems and model.model_name_or_path, name
 
 
 def test_env_prints_versions_and_devices():
@@ -547,3 +554,34 @@ def test_summary_shows_votes_behind_agreement_and_ends_with_the_warnings(tmp_pat
     assert "100.0% (1.0 votes/step)" in err and "steps with a single vote" in err
     assert err.strip().splitlines()[-1] == ("Warning: only 1 of 8 solution(s) labelled; 31 of 32 verification(s) "
                                             "did not parse")
+
+
+def test_train_grpo_reads_one_recipe_and_the_push_flags(tmp_path, monkeypatch):
+    import os
+
+    pytest.importorskip("trl")
+    seen = {}
+
+    def fake_train(args, training, model_args):
+        seen.update(args=args, training=training, model=model_args, endpoint=os.environ.get("HF_ENDPOINT"))
+        return Path(training.output_dir)
+
+    monkeypatch.setattr("spark_hub.train.grpo.train_grpo", fake_train)
+    monkeypatch.setenv("HF_ENDPOINT", "http://before")
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(f"problems: {tmp_path / 'p.jsonl'}\nreward: prm_outcome\nprm: {tmp_path / 'prm'}\n"
+                      "model_name_or_path: my-org/policy\nnum_generations: 4\nper_device_train_batch_size: 4\n"
+                      f"learning_rate: 1e-6\noutput_dir: {tmp_path / 'policy'}\nhub_revision: run-1\n")
+    result = CliRunner().invoke(cli, ["train", "grpo", "--config", str(recipe), "--set", "num_generations=2",
+                                      "--push", "--hub-repo", "me/policy", "--private",
+                                      "--hub-endpoint", "http://127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    args, training, model = seen["args"], seen["training"], seen["model"]
+    assert (args.reward, args.push, args.hub_repo, args.hub_revision, args.hub_private, args.hub_overwrite) == (
+        "prm_outcome", True, "me/policy", "run-1", True, False)
+    assert (training.num_generations, training.learning_rate, model.model_name_or_path) == (2, 1e-6, "my-org/policy")
+    assert seen["endpoint"] == "http://127.0.0.1:9" and os.environ["HF_ENDPOINT"] == "http://before"
+
+    result = CliRunner().invoke(cli, ["train", "grpo", "--config", str(recipe), "--set", "reward=vibes"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("Error: --set reward: unknown reward design 'vibes' (valid: ")

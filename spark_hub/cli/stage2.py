@@ -1,12 +1,13 @@
-"""Stage II commands: ``spark-hub sft-data`` (SFT pairs from step records), ``spark-hub train prm``
-(a generative PRM with TRL's SFTTrainer) and ``spark-hub eval processbench`` (a PRM, a prompted
-critic or a predictions file on ProcessBench).
+"""Stage II/III commands: ``spark-hub sft-data`` (SFT pairs from step records), ``spark-hub train
+prm`` (a generative PRM with TRL's SFTTrainer), ``spark-hub train grpo`` (a policy with TRL's
+GRPOTrainer and a PRM reward) and ``spark-hub eval processbench`` (a PRM, a prompted critic or a
+predictions file on ProcessBench).
 
-The commands only map options onto `spark_hub.train.sft_data`, `spark_hub.train.prm` and
-`spark_hub.evaluate.processbench`; the work, its checks and its errors are there. ``train prm`` reads
-ONE recipe for spark-hub's fields, `trl.SFTConfig` and `trl.ModelConfig` with
-`spark_hub.config.parse_config` (the same parser as ``python -m spark_hub.train.prm`` under
-``accelerate launch``).
+The commands only map options onto `spark_hub.train.sft_data`, `spark_hub.train.prm`,
+`spark_hub.train.grpo` and `spark_hub.evaluate.processbench`; the work, its checks and its errors are
+there. ``train prm`` / ``train grpo`` read ONE recipe for spark-hub's fields, the TRL config
+(`trl.SFTConfig` / `trl.GRPOConfig`) and `trl.ModelConfig` with `spark_hub.config.parse_config` (the
+same parser as ``python -m spark_hub.train.prm`` / ``.grpo`` under ``accelerate launch``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,50 @@ def train_prm(config_path, overrides, output_dir, push, hub_repo, hub_revision, 
             revision = hub.default_revision(read_manifest(out)["config"])
         pushed = hub.push(out, hub_repo, revision=revision, private=private, overwrite=overwrite, endpoint=hub_endpoint)
         click.echo(pushed.summary() + (f": {pushed.commit_url}" if pushed.commit_url else ""), err=True)
+
+
+@train_group.command("grpo")
+@options.config(required=True, help="YAML recipe: spark-hub's train-grpo keys (problems, reward, prm...), "
+                                    "trl.GRPOConfig and trl.ModelConfig keys in one flat mapping.")
+@options.set_(help="Override a recipe key, e.g. --set reward=prm_step_augmented (repeatable).")
+@options.output_dir(help="The policy folder (overrides the recipe's output_dir).")
+@options.hub_push
+@options.verbose()
+@user_errors
+def train_grpo(config_path, overrides, output_dir, push, hub_repo, hub_revision, private, overwrite, hub_endpoint,
+               verbose):
+    """Stage III: GRPO of a policy rewarded by a PRM (or another reward design), TRL's GRPOTrainer.
+
+    Resumable from the last checkpoint; a finished run re-runs as a no-op. With --push, checkpoints
+    go to step-NNNNNN branches while training and the final policy to --hub-revision. Multi-GPU:
+    accelerate launch -m spark_hub.train.grpo --config ...
+    """
+    import os
+
+    setup_logging(verbose)
+    from trl import GRPOConfig, ModelConfig
+
+    from spark_hub.config import parse_config
+    from spark_hub.train import grpo as grpo_training
+
+    # the publishing flags are recipe keys of GRPOTrainArgs (push, hub_repo, ...): a flag wins over the recipe
+    flags = {"output_dir": output_dir, "push": push, "hub_repo": hub_repo, "hub_revision": hub_revision,
+             "hub_private": private or None, "hub_overwrite": overwrite or None}
+    args, training, model_args = parse_config((grpo_training.GRPOTrainArgs, GRPOConfig, ModelConfig), config_path,
+                                              list(overrides), flags,
+                                              flag_names={"hub_private": "--private", "hub_overwrite": "--overwrite"})
+    previous = os.environ.get("HF_ENDPOINT")
+    if hub_endpoint:  # the PRM download and the pushes read it at call time
+        os.environ["HF_ENDPOINT"] = hub_endpoint
+    try:
+        out = grpo_training.train_grpo(args, training, model_args)
+    finally:
+        if hub_endpoint:
+            if previous is None:
+                os.environ.pop("HF_ENDPOINT", None)
+            else:
+                os.environ["HF_ENDPOINT"] = previous
+    click.echo(f"policy: {out}", err=True)
 
 
 @click.group("eval")
