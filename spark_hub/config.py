@@ -143,6 +143,10 @@ class BuildConfig:
 
 #: The model roles; a value under one of these sections is reported with the role's name.
 ROLES = ("generator", "verifier")
+#: Top-level keys holding input paths that a recipe may write relative to itself (Stage I problems
+#: and solutions, Stage II step records, Stage III problems, monitor set and PRM folder). A value is
+#: rewritten only when it does not exist as given but does next to the recipe, so Hub ids stay.
+RECIPE_RELATIVE_KEYS = ("problems", "solutions", "dataset", "monitor_problems", "prm")
 
 
 class Sources(dict):
@@ -363,7 +367,7 @@ def read_recipe(path: str | Path) -> tuple[dict[str, Any], Sources]:
         if isinstance(value, str) and not Path(value).exists() and (path.parent / value).exists():
             node[key] = str((path.parent / value).resolve())
 
-    for key in ("problems", "solutions"):
+    for key in RECIPE_RELATIVE_KEYS:
         relative_to_recipe(data, key)
     for role in ROLES:
         if isinstance(data.get(role), dict):

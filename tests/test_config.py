@@ -207,3 +207,23 @@ def test_grpo_config_from_one_yaml_with_its_own_checks(tmp_path):
     message = error_of(parse_config, (trl.GRPOConfig, trl.ModelConfig), recipe, ["num_generations=1"],
                        {"output_dir": str(tmp_path / "out")}, accelerator=False)
     assert message.startswith("--set num_generations: GRPO requires at least 2 generations per prompt")
+
+
+def test_input_paths_are_read_relative_to_the_recipe(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "held-out.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
+    (folder / "records").mkdir()
+
+    @dataclasses.dataclass
+    class Inputs:
+        dataset: str = ""
+        monitor_problems: str = ""
+        prm: str = ""
+
+    recipe = folder / "r.yaml"
+    recipe.write_text("dataset: records\nmonitor_problems: held-out.jsonl\nprm: my-org/prm\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder
+    inputs, = parse_config((Inputs,), recipe)
+    assert inputs.dataset == str(folder / "records") and inputs.monitor_problems == str(folder / "held-out.jsonl")
+    assert inputs.prm == "my-org/prm"  # a Hub id stays a Hub id
