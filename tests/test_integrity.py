@@ -403,3 +403,12 @@ def test_lock_file_of_another_user_still_locks(tmp_path, monkeypatch):
         with pytest.raises(SparkHubError, match="another build"):
             BuildLock(lock, tmp_path).acquire()
     BuildLock(lock, tmp_path).acquire().release()
+
+
+def test_file_named_gguf_that_is_not_one_fails_before_writing(tmp_path):
+    fake = tmp_path / "model-Q4_1.gguf"
+    fake.write_bytes(b"<html>404 Not Found</html>")  # a failed download saved under the model's name
+    recipe, out = scripted_recipe(tmp_path), tmp_path / "out"
+    with pytest.raises(SparkHubError, match=r"verifier model: model-Q4_1.gguf is not a GGUF file"):
+        run(recipe, out, "verifier.backend=transformers", f"verifier.model={fake}")
+    assert not out.exists()

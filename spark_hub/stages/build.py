@@ -238,11 +238,19 @@ def check_models(config: BuildConfig, *, need_generator: bool) -> None:
     """What can be checked about the models without loading them, before anything is written.
 
     For a local model folder: its config, generation config and tokenizer config parse as JSON
-    objects, and ``config.json`` names a ``model_type``. Errors name the role, the file and line.
+    objects, and ``config.json`` names a ``model_type``; a ``.gguf`` file starts with the GGUF magic.
+    Errors name the role, the file and line.
     """
     roles = [("verifier", config.verifier)] + ([("generator", config.generator)] if need_generator else [])
     for role, role_config in roles:
         folder = Path(role_config.model).expanduser()
+        if folder.suffix == ".gguf" and folder.is_file():
+            with open(folder, "rb") as f:
+                magic = f.read(4)
+            if magic != b"GGUF":
+                raise SparkHubError(f"{role} model: {folder.name} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+                                    where=str(folder), hint="pass the .gguf file itself, not a partial download")
+            continue
         if not folder.is_dir():
             continue
         for name in _MODEL_JSON_FILES:
