@@ -232,3 +232,46 @@ def test_train_prm_recipes_and_accelerate_configs():
         variants[args.variant] = path.stem
     assert variants == {"orm": "step_consistency_orm", "prm": "step_consistency_prm",
                         "prm_cot": "step_consistency_prm_cot"}
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model_that_load_prm_loads(tmp_path):
+    from peft import LoraConfig
+
+    from spark_hub.prm import load_prm
+    from spark_hub.train.prm import train_prm
+
+    base = Path(make_tiny_model(tmp_path / "base"))
+    out = tmp_path / "prm"
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    train_prm(str(base), out, records=_many(8, 2), variant="prm", eval_fraction=0.0, peft_config=lora,
+              training_args={"max_steps": 3, "save_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 5e-2,
+                             "max_length": 512})
+    assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
+    before, after = _weights(base), _weights(out)
+    assert set(after) == set(before), "merged: the base model's tensors, no lora_A/lora_B"
+    changed = {k for k in before if not (before[k] == after[k]).all()}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["lora"]["r"] == 4 and manifest["config"]["lora"]["merged"] is True
+    # the LoRA checkpoint is an adapter (resumable), the folder a plain model
+    assert (out / ".spark" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    [s] = load_prm(out).score_batch([("What is 2+2?", ["2+2 = 4."])])
+    assert s.n_steps == 1
+
+
+def test_use_peft_in_a_recipe_trains_lora(tmp_path):
+    from spark_hub.train.prm import main
+
+    base = make_tiny_model(tmp_path / "base")
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in _many(6, 2)))
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(f"dataset: {records}\nvariant: orm\neval_fraction: 0.0\nmodel_name_or_path: {base}\n"
+                      "use_peft: true\nlora_r: 2\nlora_alpha: 4\nlora_dropout: 0.0\nlora_target_modules: [o_proj]\n"
+                      "max_steps: 1\nper_device_train_batch_size: 2\nlearning_rate: 0.05\nmax_length: 512\n"
+                      "gradient_checkpointing: false\nreport_to: none\n")
+    out = tmp_path / "prm"
+    assert main(["--config", str(recipe), "--output-dir", str(out)]) == 0
+    changed = {k for k, v in _weights(Path(base)).items() if not (v == _weights(out)[k]).all()}
+    assert changed and all(k.endswith("o_proj.weight") for k in changed), changed
+    assert json.loads((out / "manifest.json").read_text())["config"]["lora"]["target_modules"] == ["o_proj"]

@@ -15,6 +15,11 @@ this format). `train_prm` runs the whole stage, top to bottom:
 6. save safetensors weights + tokenizer + ``prm_spec.json`` + ``manifest.json`` into ``output_dir``
    (checkpoints live under ``.spark/``, which is local state and never pushed).
 
+LoRA is optional (``peft_config``, or ``use_peft: true`` in a recipe): the adapters are trained and
+merged into the base weights at save, so the folder is a plain model that `spark_hub.load_prm`, vLLM
+or any ``from_pretrained`` loads without peft. Merging needs the whole model in one process: LoRA
+runs single-process, under DDP or ZeRO-2, not ZeRO-3/FSDP (full fine-tuning runs under all four).
+
 Under ``accelerate launch`` the Trainer handles the processes; files are written by the main process.
 """
 
@@ -156,6 +161,7 @@ def train_prm(
     push_checkpoints_to: str | None = None,
     hub_endpoint: str | None = None,
     callbacks: Sequence[Any] = (),
+    peft_config: Any = None,
 ) -> Path:
     """Fine-tune ``model`` into a generative PRM and write it to ``output_dir``.
 
@@ -178,6 +184,9 @@ def train_prm(
         inputs: provenance of the data for the manifest, e.g. ``{"source": "org/steps", "revision": sha}``
             (recorded as ``inputs.sft_data`` beside the sha256 of the examples).
         callbacks: extra `transformers.TrainerCallback` objects.
+        peft_config: a `peft.LoraConfig` to train LoRA adapters instead of all weights; they are
+            merged into the base model at save (the folder holds full safetensors weights, no
+            adapter). Checkpoints hold the adapters only, so they are not pushed to step branches.
 
     Returns:
         ``output_dir``. A finished run with the same build key returns at once.
@@ -214,7 +223,9 @@ def train_prm(
     else:
         overrides = dict(training_args or {})
     data_hash = _examples_hash(sft.train + sft.eval)
-    key = build_key({"fingerprint": base["fingerprint"], "dtype": dtype}, data_hash, variant, overrides)
+    lora = _peft_dict(peft_config)
+    keyed = overrides if lora is None else {**overrides, "peft": lora}
+    key = build_key({"fingerprint": base["fingerprint"], "dtype": dtype}, data_hash, variant, keyed)
     manifest_path = output_dir / MANIFEST_NAME
     if manifest_path.is_file():
         try:
@@ -268,6 +279,10 @@ def train_prm(
         logger.info("resuming from %s", last)
     all_callbacks = list(callbacks)
     pusher = None
+    if push_checkpoints_to and peft_config is not None:
+        logger.warning("LoRA checkpoints hold adapters only: they are not pushed to step branches "
+                       "(the final merged model is)")
+        push_checkpoints_to = None
     if push_checkpoints_to and main:
         from spark_hub.hub import require_token
 
@@ -275,7 +290,9 @@ def train_prm(
         pusher = _CheckpointPusher(output_dir, push_checkpoints_to, variant, base, sft, key, hub_endpoint)
         all_callbacks.append(pusher.callback())
     trainer = SFTTrainer(model=net, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=all_callbacks or None)
+                         processing_class=tokenizer, callbacks=all_callbacks or None, peft_config=peft_config)
+    if peft_config is not None:
+        _check_lora_mergeable(trainer)
     try:
         result = trainer.train(resume_from_checkpoint=last)
     finally:
@@ -283,11 +300,52 @@ def train_prm(
             pusher.wait()
 
     # -- save -------------------------------------------------------------------------------------
-    trainer.save_model(str(output_dir))  # safetensors by default
+    if peft_config is not None:
+        _save_merged(trainer, output_dir, main)
+    else:
+        trainer.save_model(str(output_dir))  # safetensors by default
     if main:
-        _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash)
+        _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash, lora)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+def _peft_dict(peft_config: Any) -> dict[str, Any] | None:
+    """A JSON-safe dict of a peft config (for the build key and the manifest), None without one."""
+    if peft_config is None:
+        return None
+    try:
+        from peft import PeftConfig
+    except ImportError as error:  # pragma: no cover - peft is a dependency
+        raise SparkHubError("LoRA needs the peft package", hint="pip install peft") from error
+    if not isinstance(peft_config, PeftConfig):
+        raise SparkHubError(f"peft_config must be a peft.PeftConfig (e.g. peft.LoraConfig), got {type(peft_config).__name__}")
+    raw = peft_config.to_dict()
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else _json_safe(v) for k, v in sorted(raw.items())
+            if k not in ("base_model_name_or_path", "revision")}
+
+
+def _check_lora_mergeable(trainer) -> None:
+    """LoRA is merged at save from the whole model in one process: not possible with sharded weights."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+        raise SparkHubError("LoRA (use_peft) cannot be merged at save under DeepSpeed ZeRO-3",
+                            hint="use pipelines/accelerate/zero2.yaml or ddp.yaml for LoRA")
+    if getattr(trainer, "is_fsdp_enabled", False):
+        raise SparkHubError("LoRA (use_peft) cannot be merged at save under FSDP",
+                            hint="use pipelines/accelerate/zero2.yaml or ddp.yaml for LoRA")
+
+
+def _save_merged(trainer, output_dir: Path, main: bool) -> None:
+    """Merge the trained LoRA adapters into the base weights and save plain safetensors."""
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged.save_pretrained(str(output_dir), safe_serialization=True)
+        for stray in ("adapter_config.json", "adapter_model.safetensors"):
+            (output_dir / stray).unlink(missing_ok=True)
+        logger.info("LoRA adapters merged into the base weights")
 
 
 #: Files of a checkpoint that make a loadable PRM (no optimizer / scheduler / RNG pickles).
@@ -357,7 +415,7 @@ class _CheckpointPusher:
 
 
 def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, config, key: str, result,
-                   inputs: Mapping[str, Any] | None, data_hash: str) -> None:
+                   inputs: Mapping[str, Any] | None, data_hash: str, lora: dict[str, Any] | None = None) -> None:
     from spark_hub import rm_prompts
     from spark_hub.manifest import new_manifest, write_manifest
     from spark_hub.prm import generative_spec, write_spec
@@ -374,7 +432,8 @@ def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, c
     metrics = {k: _json_safe(v) for k, v in (result.metrics or {}).items()}
     manifest = new_manifest(
         "prm",
-        config={"prm_format": variant, "stage": "train-prm", "training_args": resolved},
+        config={"prm_format": variant, "stage": "train-prm", "training_args": resolved,
+                **({"lora": {**lora, "merged": True}} if lora is not None else {})},
         models={"base_model": base},
         prompts={variant: rm_prompts.template_hash(variant)},
         seeds={"train": config.seed, "split": sft.statistics.get("seed")},
@@ -421,7 +480,8 @@ def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, pus
                       hub_endpoint: str | None = None) -> Path:
     """Run `train_prm` from the three parsed recipe sections (``PRMTrainArgs``, ``SFTConfig``, ``ModelConfig``).
 
-    ``training.output_dir`` is the PRM folder. LoRA (``use_peft``) is not supported yet.
+    ``training.output_dir`` is the PRM folder. ``use_peft: true`` trains LoRA adapters (``lora_r``,
+    ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``...), merged into the weights at save.
     """
     from spark_hub.records import read_records
 
@@ -429,8 +489,16 @@ def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, pus
         raise SparkHubError("the recipe has no `dataset` (the Stage I step records to train on)")
     if not getattr(model_args, "model_name_or_path", None):
         raise SparkHubError("the recipe has no `model_name_or_path` (the base chat model)")
+    peft_config = None
     if getattr(model_args, "use_peft", False):
-        raise SparkHubError("use_peft (LoRA) is not supported by train prm yet", hint="set use_peft: false")
+        from trl import get_peft_config
+
+        peft_config = get_peft_config(model_args)
+        target = peft_config.target_modules
+        # ModelConfig turns a one-item list into a string, which peft reads as a regex matched against
+        # the FULL module path ("o_proj" would match nothing): a plain name means that module, as in a list
+        if isinstance(target, str) and target != "all-linear" and target.replace("_", "").replace(".", "").isalnum():
+            peft_config.target_modules = {target}
     output_dir = Path(training.output_dir)
     records = read_records(args.dataset, args.dataset_revision)
     revision = getattr(model_args, "model_revision", None)
@@ -440,6 +508,7 @@ def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, pus
         eval_fraction=args.eval_fraction, seed=args.split_seed, keep_inexact_cot=args.keep_inexact_cot,
         inputs={"source": args.dataset, "revision": args.dataset_revision},
         dtype=getattr(model_args, "dtype", None), push_checkpoints_to=push_checkpoints_to, hub_endpoint=hub_endpoint,
+        peft_config=peft_config,
     )
 
 
