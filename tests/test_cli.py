@@ -585,3 +585,28 @@ def test_train_grpo_reads_one_recipe_and_the_push_flags(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["train", "grpo", "--config", str(recipe), "--set", "reward=vibes"])
     assert result.exit_code == 2
     assert result.output.strip().startswith("Error: --set reward: unknown reward design 'vibes' (valid: ")
+
+
+def test_eval_math_with_a_scripted_policy_resumes_from_its_cache(tmp_path):
+    data = tmp_path / "math"
+    data.mkdir()
+    (data / "math500.jsonl").write_text(json.dumps({"id": "m-0", "problem": "What is 1+1?", "answer": "2"}) + "\n"
+                                        + json.dumps({"id": "m-1", "problem": "What is 2+3?", "answer": "5"}) + "\n")
+    policy = tmp_path / "policy.jsonl"  # answers 2 to everything: right on m-0, wrong on m-1
+    policy.write_text(json.dumps({"completions": ["<step>Add.</step><answer>The answer is \\\\boxed{2}.</answer>"]}) + "\n")
+    out = tmp_path / "eval"
+    args = ["eval", "math", "--model", str(policy), "--backend", "scripted", "--data", str(data), "--output-dir",
+            str(out), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "math_results.json").read_text())
+    assert results["benchmarks"]["math500"]["accuracy"] == 50.0, results["benchmarks"]
+    assert "MATH500" in result.output and (out / "math_results.png").is_file()
+    from spark_hub.cache import CallCache
+
+    assert len(CallCache(out / ".spark" / "cache.sqlite")) == 2
+
+    result = CliRunner().invoke(cli, ["eval", "math", "--model", str(policy), "--backend", "scripted", "--data",
+                                      str(data), "--benchmarks", "aime99", "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "x").exists()

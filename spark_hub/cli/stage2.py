@@ -1,10 +1,10 @@
 """Stage II/III commands: ``spark-hub sft-data`` (SFT pairs from step records), ``spark-hub train
 prm`` (a generative PRM with TRL's SFTTrainer), ``spark-hub train grpo`` (a policy with TRL's
-GRPOTrainer and a PRM reward) and ``spark-hub eval processbench`` (a PRM, a prompted critic or a
-predictions file on ProcessBench).
+GRPOTrainer and a PRM reward), ``spark-hub eval processbench`` (a PRM, a prompted critic or a
+predictions file on ProcessBench) and ``spark-hub eval math`` (a policy on six math benchmarks).
 
 The commands only map options onto `spark_hub.train.sft_data`, `spark_hub.train.prm`,
-`spark_hub.train.grpo` and `spark_hub.evaluate.processbench`; the work, its checks and its errors are
+`spark_hub.train.grpo`, `spark_hub.evaluate.processbench` and `spark_hub.evaluate.math`; the work, its checks and its errors are
 there. ``train prm`` / ``train grpo`` read ONE recipe for spark-hub's fields, the TRL config
 (`trl.SFTConfig` / `trl.GRPOConfig`) and `trl.ModelConfig` with `spark_hub.config.parse_config` (the
 same parser as ``python -m spark_hub.train.prm`` / ``.grpo`` under ``accelerate launch``).
@@ -283,3 +283,78 @@ def processbench(data_dir, prm, critic, predictions, revision, critic_backend, b
         click.echo(f"recorded in {Path(prm) / 'manifest.json'}", err=True)
     if output:
         click.echo(f"wrote {output}", err=True)
+
+
+@eval_group.command("math")
+@click.option("--model", required=True, metavar="PATH_OR_REPO",
+              help="The policy: a folder (e.g. written by `train grpo`), a Hub id, `embedded`, or the served name (openai).")
+@click.option("--model-revision", "revision", metavar="REV", help="Hub revision of --model.")
+@click.option("--backend", default="transformers", show_default=True,
+              help="Backend that runs the policy: transformers, vllm, openai, scripted.")
+@click.option("--base-url", metavar="URL", help="openai backend: the server URL.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of <benchmark>.jsonl files (id, problem, answer).")
+@click.option("--benchmarks", multiple=True, callback=_split_list, metavar="NAMES",
+              help="Benchmarks to run, e.g. --benchmarks math500,aime24 (default: all in --data).")
+@options.limit(help="Use only the first N problems of each benchmark.")
+@click.option("--k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per problem; pass@1 is averaged over them (1 = greedy).")
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (default: 0 for k=1).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling threshold.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Tokens per answer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds math-verify may take per answer (a timeout counts as wrong).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Requests per engine call.")
+@options.output_dir(required=True, help="Results folder: math_results.json, math_results.png and the call cache "
+                                         "(.spark/cache.sqlite: run the same command again to resume).")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@options.verbose()
+@user_errors
+def math(model, revision, backend, base_url, data_dir, benchmarks, limit, k, temperature, top_p, max_tokens, seed,
+         timeout, batch_size, output_dir, no_progress, verbose):
+    """Accuracy of a policy on the math benchmarks (MATH500, AIME24/25, AMC23, OlympiadBench, Minerva).
+
+    The policy answers in its RL format; boxed answers are graded by math-verify; pass@1 over --k
+    samples. With --model a local policy folder, the results are also recorded in its manifest (and
+    so in its card's model-index on the next push).
+    """
+    setup_logging(verbose)
+    from spark_hub.evaluate import math as math_eval
+    from spark_hub.progress import StageProgress
+
+    out = Path(output_dir)
+    math_eval.load_math_benchmarks(data_dir, benchmarks, limit=limit)  # bad data fails before anything is written
+    settings = {"revision": revision} if revision else {}
+    if base_url:
+        settings["base_url"] = base_url
+    (out / ".spark").mkdir(parents=True, exist_ok=True)
+    engine = math_eval.open_backend(model, backend=backend, cache=out / ".spark" / "cache.sqlite",
+                                    batch_size=batch_size, **settings)
+    with StageProgress(enabled=not no_progress) as bar:
+        seen = {"done": 0}
+
+        def progress(done: int, total: int) -> None:
+            if seen["done"] == 0:
+                bar.add("evaluate", total)
+                bar.start("evaluate")
+            bar.advance("evaluate", done - seen["done"])
+            seen["done"] = done
+
+        try:
+            results = math_eval.run(data_dir, backend=engine, benchmarks=benchmarks, limit=limit, k=k,
+                                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                    timeout=timeout, output=out / "math_results.json", progress=progress)
+        finally:
+            close = getattr(getattr(engine, "backend", engine), "close", None)
+            if close is not None:
+                close()
+    click.echo(math_eval.format_table(results))
+    policy = Path(model)
+    if policy.is_dir() and (policy / "manifest.json").is_file():
+        from spark_hub.manifest import read_manifest
+
+        if read_manifest(policy).get("kind") == "policy":
+            math_eval.record_results(policy, results)
+            click.echo(f"recorded in {policy / 'manifest.json'}", err=True)
+    click.echo(f"wrote {out / 'math_results.json'}", err=True)
