@@ -12,8 +12,10 @@ same parser as ``python -m spark_hub.train.prm`` / ``.grpo`` under ``accelerate 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,27 @@ def eval_group():
     """Evaluate PRMs and critics."""
 
 
+class _DropTableLog(logging.Filter):
+    """The evaluation modules log their results table at INFO; the command prints it on stdout, once."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _table_printed_once(logger_name: str, prefix: str):
+    log, drop = logging.getLogger(logger_name), _DropTableLog(prefix)
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 def _split_list(ctx, param, values):
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
     return names or None
@@ -272,8 +295,9 @@ def processbench(data_dir, prm, critic, predictions, revision, critic_backend, b
             seen["done"] = done
 
         try:
-            results = pb.run(data_dir, splits=splits, limit=limit, voting=voting, max_tokens=max_tokens, seed=seed,
-                             batch_size=batch_size, output=output, progress=progress, **scorer)
+            with _table_printed_once(pb.__name__, "ProcessBench\n"):
+                results = pb.run(data_dir, splits=splits, limit=limit, voting=voting, max_tokens=max_tokens,
+                                 seed=seed, batch_size=batch_size, output=output, progress=progress, **scorer)
         finally:
             if closing is not None and hasattr(closing, "close"):
                 closing.close()
@@ -342,9 +366,10 @@ def math(model, revision, backend, base_url, data_dir, benchmarks, limit, k, tem
             seen["done"] = done
 
         try:
-            results = math_eval.run(data_dir, backend=engine, benchmarks=benchmarks, limit=limit, k=k,
-                                    temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                                    timeout=timeout, output=out / "math_results.json", progress=progress)
+            with _table_printed_once(math_eval.__name__, "math benchmarks\n"):
+                results = math_eval.run(data_dir, backend=engine, benchmarks=benchmarks, limit=limit, k=k,
+                                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                                        timeout=timeout, output=out / "math_results.json", progress=progress)
         finally:
             close = getattr(getattr(engine, "backend", engine), "close", None)
             if close is not None:
