@@ -51,10 +51,11 @@ def test_demo_recipe_on_embedded_model(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(cli, [
         "build-dataset", "--config", "demo-cpu", "--limit", "1", "--output-dir", str(out), "--no-progress",
-        "--set", "generator.max_tokens=48", "--set", "verifier.max_tokens=48",
+        "--set", "generator.max_tokens=48", "--set", "verifier.max_tokens=64",
     ])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["verifier"]["constrained"] is True and manifest["config"]["verifier"]["logprobs"] is True
     assert manifest["models"]["generator"]["fingerprint"].startswith("gguf-sha256:")
     assert manifest["statistics"]["solutions"] == 4
     assert (out / "README.md").read_text().startswith("---")
