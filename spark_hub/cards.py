@@ -36,10 +36,12 @@ PLOT_TITLE = "Mean per-step agreement between verifications"
 DATASET_TAGS = ("spark-hub", "process-reward-model", "synthetic")
 PRM_TAGS = ("spark-hub", "process-reward-model", "generative-prm")
 POLICY_TAGS = ("spark-hub", "grpo", "reasoning", "math")
-TEMPLATES = {"dataset": "dataset_card.md", "prm": "prm_card.md", "policy": "policy_card.md"}
+TEMPLATES = {"dataset": "dataset_card.md", "prm": "prm_card.md", "policy": "policy_card.md", "sft": "sft_card.md"}
+SFT_TAGS = ("spark-hub", "process-reward-model", "synthetic", "sft")
 DEFAULT_LICENSE = "other"
 DEFAULT_TITLES = {
     "dataset": "SPARK step-verification data", "prm": "SPARK generative PRM", "policy": "SPARK GRPO policy",
+    "sft": "SPARK reward-model SFT data",
 }
 #: Stands for the Hub repo in local cards rendered before it is known; `spark_hub.hub.push`
 #: renders the pushed card again from the manifest with the target repo id.
@@ -573,6 +575,94 @@ def render_dataset_card(
 
 
 # ------------------------------------------------------------------------------------------------
+# SFT data card (``spark-hub sft-data``: a dataset manifest with config.stage == "sft-data")
+# ------------------------------------------------------------------------------------------------
+SFT_TARGETS = {
+    "orm": "the RM answers `Yes` or `No` (the aggregated final label)",
+    "prm": "one `Step k: Correct|Incorrect` line per step, then "
+           "`Verification: Is the answer correct (Yes/No)? X`",
+    "prm_cot": "the selected verifier text: an analysis and a verdict per step, then the final verification line",
+}
+SFT_VARIANT_NAMES = {"orm": "outcome reward model (ORM)", "prm": "process reward model (PRM)",
+                     "prm_cot": "process reward model with chain of thought (PRM-CoT)"}
+
+
+def is_sft_data(manifest: dict[str, Any]) -> bool:
+    """A dataset written by `spark_hub.train.sft_data.write_sft_dataset`."""
+    return manifest.get("kind") == "dataset" and (manifest.get("config") or {}).get("stage") == "sft-data"
+
+
+def _sft_data_files(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    files = manifest.get("files")
+    splits = [s for s in ("train", "eval") if files is None or f"data/{s}.jsonl" in files]
+    return [{"split": s, "path": f"data/{s}.jsonl"} for s in splits]
+
+
+def sft_card_data(manifest: dict[str, Any], *, repo_id: str | None = None):
+    """`huggingface_hub.DatasetCardData` for SFT data: one config, train/eval JSONL splits."""
+    from huggingface_hub import DatasetCardData
+
+    config = manifest.get("config") or {}
+    stats = manifest.get("statistics") or {}
+    variant = str(config.get("variant") or stats.get("variant") or "")
+    examples = stats.get("examples") if isinstance(stats.get("examples"), int) else None
+    return DatasetCardData(
+        license=_license(manifest),
+        language=["en"],
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        tags=list(SFT_TAGS) + ([variant.replace("_", "-")] if variant else []),
+        task_categories=["text-generation"],
+        size_categories=[_size_category(examples)] if examples is not None else None,
+        source_datasets=source_datasets(manifest) or None,
+        pretty_name=str(_find(config, "pretty_name") or (repo_id or DEFAULT_TITLES["sft"]).split("/")[-1]),
+        configs=[{"config_name": "default", "data_files": _sft_data_files(manifest)}],
+    )
+
+
+def render_sft_card(
+    manifest: dict[str, Any], *, repo_id: str | None = None, secrets: Iterable[str] | None = None
+) -> str:
+    """The ``README.md`` of an SFT dataset (``cards/sft_card.md``): variant and target, source step
+    records, split, label balance, skipped records and length percentiles, from the manifest only."""
+    from huggingface_hub import DatasetCard
+
+    hidden = card_secrets(manifest, secrets)
+    manifest = public_manifest(manifest, hidden)
+    config = manifest.get("config") or {}
+    stats = manifest.get("statistics") or {}
+    variant = str(config.get("variant") or stats.get("variant") or "")
+    source = ((manifest.get("inputs") or {}).get("step_records") or {})
+    card_data = sft_card_data(manifest, repo_id=repo_id)
+    base = _base_context(manifest, repo_id)
+    if not _find(config, "pretty_name") and base["repo_id"] == REPO_PLACEHOLDER:
+        base["name"] = DEFAULT_TITLES["sft"]
+    lengths = stats.get("lengths") or {}
+    context = {
+        **base,
+        "card_data": card_data.to_yaml(),
+        "variant": variant,
+        "variant_name": SFT_VARIANT_NAMES.get(variant, variant or "reward model"),
+        "target_description": SFT_TARGETS.get(variant, "—"),
+        "source": source.get("source"),
+        "source_revision": source.get("commit") or source.get("revision"),
+        "examples": stats.get("examples"),
+        "records": stats.get("records"),
+        "train": stats.get("train") or {},
+        "eval": stats.get("eval") or {},
+        "balance": [(split, stats[split]) for split in ("train", "eval") if isinstance(stats.get(split), dict)],
+        "skipped": sorted((stats.get("skipped") or {}).items()),
+        "seed": stats.get("seed", config.get("seed")),
+        "eval_fraction": stats.get("eval_fraction", config.get("eval_fraction")),
+        "keep_inexact_cot": stats.get("keep_inexact_cot", config.get("keep_inexact_cot")),
+        "lengths": [(part, lengths[part]) for part in ("prompt", "completion", "total") if lengths.get(part)],
+        "length_unit": stats.get("length_unit") or "characters",
+        "splits": [f["split"] for f in _sft_data_files(manifest)],
+    }
+    return _check(redact(_render(TEMPLATES["sft"], context), hidden), DatasetCard)
+
+
+# ------------------------------------------------------------------------------------------------
 # Model cards
 # ------------------------------------------------------------------------------------------------
 def _scores(section: Any, *metric_keys: str) -> dict[str, float]:
@@ -679,6 +769,8 @@ def render_card(
     `spark_hub.hub.push` calls this at push time with the target ``repo_id``: the pushed
     ``README.md`` is always rendered from the pushed ``manifest.json``.
     """
+    if is_sft_data(manifest):
+        return render_sft_card(manifest, repo_id=repo_id, secrets=secrets)
     if manifest.get("kind") == "dataset":
         return render_dataset_card(manifest, repo_id=repo_id, secrets=secrets)
     return render_model_card(manifest, repo_id=repo_id, secrets=secrets)
@@ -766,9 +858,12 @@ __all__ = [
     "public_path",
     "redact",
     "source_datasets",
+    "is_sft_data",
     "render_card",
     "render_dataset_card",
     "render_model_card",
+    "render_sft_card",
+    "sft_card_data",
     "write_agreement_plot",
     "write_card",
 ]

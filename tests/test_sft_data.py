@@ -177,3 +177,31 @@ def test_write_sft_dataset_has_a_valid_manifest(tmp_path):
     assert manifest["inputs"]["step_records"]["revision"] == "a" * 40
     assert manifest["statistics"]["train"]["examples"] == len(data.train)
     assert set(manifest["files"]) == {"data/train.jsonl", "data/eval.jsonl"}
+
+
+def test_sft_dataset_card_describes_the_variant_split_balance_and_source(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from spark_hub.cards import render_card
+    from spark_hub.manifest import read_manifest
+
+    data = sft_data.make_sft_data(_many(10, 2), "prm", eval_fraction=0.2, seed=3)
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    (stage1 / "manifest.json").write_text(json.dumps({"uses_references": True}))
+    sft_data.write_sft_dataset(tmp_path / "sft", data, source={"source": str(stage1), "sha256": "b" * 64})
+    text = (tmp_path / "sft" / "README.md").read_text()
+    card = DatasetCard(text)
+    assert card.data.configs == [{"config_name": "default", "data_files": [
+        {"split": "train", "path": "data/train.jsonl"}, {"split": "eval", "path": "data/eval.jsonl"}]}]
+    assert "sft" in card.data.tags and "prm" in card.data.tags
+    assert "# SPARK reward-model SFT data" in text and "Step k: Correct|Incorrect" in text
+    train, evaluation = data.statistics["train"], data.statistics["eval"]
+    assert f"| train | {train['examples']} | {train['problems']} | {train['final_yes']} | {train['final_no']} |" in text
+    assert f"| eval | {evaluation['examples']} | {evaluation['problems']} |" in text
+    assert f"{len(data.train)} train / {len(data.eval)} eval" in text
+    assert "**Labels used references**" in text  # read from the source dataset's manifest
+    assert "| completion |" in text and "## Lengths (characters)" in text
+    # the pushed card is rendered from the manifest for the target repo: same kind of card
+    pushed = render_card(read_manifest(tmp_path / "sft"), repo_id="org/prm-sft")
+    assert "# prm-sft" in pushed and 'load_dataset("org/prm-sft")' in pushed and "**Labels used references**" in pushed

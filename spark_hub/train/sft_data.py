@@ -299,6 +299,7 @@ def write_sft_dataset(
     *,
     source: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
+    uses_references: bool | None = None,
 ) -> Path:
     """Write an SFT dataset folder: ``data/{train,eval}.jsonl`` and a ``manifest.json`` (kind
     ``dataset``) with the source Stage I dataset, variant, counts, label balance and lengths.
@@ -307,6 +308,10 @@ def write_sft_dataset(
         source: provenance of the step records, e.g. ``{"source": "org/name", "revision": sha}`` or
             ``{"source": path, "sha256": folder_hash}``; recorded as ``inputs.step_records``.
         config: the resolved ``sft-data`` options (default: the ones in ``data.statistics``).
+        uses_references: whether the step records' labels used reference answers (default: read
+            from the source dataset's manifest when ``source["source"]`` is a local dataset folder).
+
+    Writes the card (``README.md``, `spark_hub.cards.render_sft_card`) next to the manifest.
 
     Returns:
         The manifest path. The folder pushes like any spark-hub dataset (`spark_hub.hub.push`).
@@ -325,8 +330,24 @@ def write_sft_dataset(
         seeds={"split": stats.get("seed")},
         inputs={"step_records": dict(source)},
         statistics=stats,
+        uses_references=bool(uses_references if uses_references is not None else _source_uses_references(source)),
     )
-    return write_manifest(folder, manifest)
+    path = write_manifest(folder, manifest)
+    from spark_hub.cards import write_card
+
+    write_card(folder)
+    return path
+
+
+def _source_uses_references(source: Mapping[str, Any]) -> bool:
+    """``uses_references`` of the Stage I dataset when ``source`` is a local folder with a manifest."""
+    import json
+
+    manifest = Path(str(source.get("source") or "")) / "manifest.json"
+    try:
+        return bool(json.loads(manifest.read_text()).get("uses_references"))
+    except (OSError, ValueError):
+        return False
 
 
 __all__ = [
