@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from slow_checks import sleepy_or_magic
 
 from spark_hub import advantages, rewards
 from spark_hub.advantages import (
@@ -48,14 +49,6 @@ def solution(*steps: str, answer: str = "14", tail: str = "") -> str:
 
 GOOD = solution("3 * 4 = 12.", "2 + 12 = 14.")
 WRONG_STEP = solution("3 * 4 = 12.", "2 + 12 = 15 (wrong).", answer="15")
-
-
-# Module-level so that grading's spawned workers can import it by name.
-def sleepy(pred: str, ref: str) -> bool:
-    """A comparison that hangs (as math-verify can on a pathological expression)."""
-    if pred == "slow":
-        time.sleep(60)
-    return pred == ref or pred == "magic"
 
 
 class FakePRM:
@@ -259,15 +252,15 @@ def test_rlvr():
 
 
 def test_rlvr_hang_is_cut_by_the_timeout_from_a_thread():
-    reward = RLVR(timeout=1.0, check=sleepy)
+    reward = RLVR(timeout=1.0, check=sleepy_or_magic)
     out = {}
     hanging = solution("x", answer="slow")
-    magic = solution("x", answer="magic")  # equal to anything by `sleepy`: proves the checker ran
+    magic = solution("x", answer="magic")  # equal to anything by the checker: proves it ran
     thread = threading.Thread(target=lambda: out.update(r=reward(None, [hanging, GOOD, magic], answer=["14"] * 3)))
     start = time.monotonic()
     thread.start()
     thread.join(60)
-    assert not thread.is_alive() and out["r"] == [0.0, 1.0, 1.0]
+    assert not thread.is_alive() and out["r"] == [0.0, 1.0, 1.0], reward.last_details
     assert time.monotonic() - start < 45
     assert reward.last_details[0]["status"] == "cannot_tell"
 
@@ -450,3 +443,17 @@ def test_pack_details_from_a_reward():
     assert n_steps.tolist() == [4, 2, 2] and prm_n.tolist() == [4, -1, -1]
     assert labels[0].tolist() == [1.0, 0.0, 1.0, 1.0]
     assert torch.isnan(labels[1]).all() and torch.isnan(labels[2]).all()
+
+
+def test_every_reward_takes_what_grpo_trainer_passes():
+    """The kwargs TRL 1.16 passes: dataset columns, trainer_state, log_extra, log_metric; conversational data."""
+    prompts = [[{"role": "system", "content": "S"}, {"role": "user", "content": PROBLEM}]] * 3
+    completions = [[{"role": "assistant", "content": t}] for t in (GOOD, WRONG_STEP, GOOD + " x")]
+    logged: dict = {}
+    kwargs = {"problem": [PROBLEM] * 3, "answer": ["14"] * 3, "trainer_state": SimpleNamespace(global_step=3),
+              "log_extra": lambda k, v: logged.setdefault(k, v), "log_metric": lambda k, v: logged.setdefault(k, v)}
+    for reward in make_reward_funcs(list(rewards.REWARDS), prm=FakePRM(), verify=False):
+        out = reward(prompts, completions, completion_ids=[[1, 2]] * 3, **kwargs)
+        assert len(out) == 3 and out[2] == 0.0, reward.__name__
+        assert len(reward.last_details) == 3 and reward.last_details[2]["format_reason"] == "text_after_answer"
+    assert logged["rlvr/format_violations"] == pytest.approx(1 / 3) and logged["prm_outcome/mean_steps"] == 2
