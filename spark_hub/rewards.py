@@ -261,13 +261,15 @@ def parse_policy_output(completion: Any) -> PolicyOutput:
 # ------------------------------------------------------------------------------------------------
 
 
-def decode_with_offsets(completion_ids: Sequence[int], tokenizer: Any) -> tuple[str, list[int]]:
+def decode_with_offsets(completion_ids: Sequence[int], tokenizer: Any, *, fast: bool = True) -> tuple[str, list[int]]:
     """Decode ``completion_ids`` as TRL does (``skip_special_tokens=True``) and return the text and,
     for every token, the character offset in it where the token's text starts.
 
-    Decodes incrementally (a short window per token, as streaming detokenizers do), so a character
-    split over several byte-level tokens lands on the token that completes it, and special tokens
-    take no width. Falls back to decoding every prefix when the pieces do not add up to the text.
+    Fast path (``fast=True``, fast tokenizers): re-encode the text with offsets; used only when it
+    gives back exactly the same ids (special tokens aside, which take no width). Otherwise decode
+    incrementally (a short window per token, as streaming detokenizers do), so a character split
+    over several byte-level tokens lands on the token that completes it; and when even those pieces
+    do not add up to the text, decode every prefix (exact, quadratic).
     """
     ids = [int(i) for i in completion_ids]
 
@@ -275,6 +277,10 @@ def decode_with_offsets(completion_ids: Sequence[int], tokenizer: Any) -> tuple[
         return tokenizer.decode(part, skip_special_tokens=True)
 
     text = decode(ids)
+    if fast and getattr(tokenizer, "is_fast", False):
+        offsets = _offsets_by_reencoding(ids, text, tokenizer)
+        if offsets is not None:
+            return text, offsets
     offsets: list[int] = []
     pieces: list[str] = []
     prefix, read = 0, 0
@@ -298,6 +304,30 @@ def decode_with_offsets(completion_ids: Sequence[int], tokenizer: Any) -> tuple[
     logger.debug("incremental decoding did not reproduce the text; decoding every prefix")
     offsets = [min(len(decode(ids[:i])), len(text)) for i in range(len(ids))]
     return text, offsets
+
+
+def _offsets_by_reencoding(ids: list[int], text: str, tokenizer: Any) -> list[int] | None:
+    """Token start offsets from the fast tokenizer's offset mapping, or None when re-encoding
+    ``text`` does not reproduce ``ids`` (special tokens excluded)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    kept = [i for i in ids if i not in special]
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except Exception:  # a tokenizer without offsets support
+        return None
+    if list(encoded["input_ids"]) != kept:
+        return None
+    mapping = iter(encoded["offset_mapping"])
+    offsets, position = [], 0
+    for token in ids:
+        if token in special:
+            offsets.append(position)
+            continue
+        start, end = next(mapping)
+        position = max(position, start)
+        offsets.append(position)
+        position = max(position, end) if end > start else position
+    return offsets
 
 
 def token_spans(offsets: Sequence[int], text_length: int, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -336,6 +336,11 @@ def test_step_spans_map_to_tokens_with_a_byte_level_tokenizer():
     assert len(spans) == 2
     for (start, end), step in zip(spans, ["<step>Area = 3 × 4 = 12 m².</step>", "<step>√144 = 12 ✓</step>"]):
         assert tok.decode(ids[start:end]).strip() == step
+    from spark_hub.rewards import decode_with_offsets, token_spans
+
+    for fast in (True, False):  # re-encoding with offsets, and incremental decoding: same token ranges
+        text_, offsets = decode_with_offsets(ids, tok, fast=fast)
+        assert token_spans(offsets, len(text_), parsed.spans[:2]) == spans
     index = step_index([ids, ids[:5]], tok)
     assert index.shape == (2, len(ids))
     assert index[0, : spans[0][1]].tolist() == [0] * spans[0][1]
