@@ -505,6 +505,9 @@ class PRMReward(RewardFunction):
         return None
 
     def _finish(self, parsed, index, results, completion_ids, kwargs) -> list[float | None]:
+        results = list(results)
+        if len(results) != len(index):
+            raise RuntimeError(f"the PRM returned {len(results)} scores for {len(index)} solutions")
         details = [_base_details(p) for p in parsed]
         rewards: list[float | None] = [0.0] * len(parsed)
         unreadable = 0
