@@ -109,6 +109,7 @@ def selective_advantage(
     min_steps: int = SELECTIVE_MIN_STEPS,
     max_steps: int = SELECTIVE_MAX_STEPS,
     completion_mask: torch.Tensor | None = None,
+    disagree_scale: float = 0.0,
 ) -> torch.Tensor:
     """Per-token advantages (B, T): Â kept on a step's tokens only where its label agrees with Â's sign.
 
@@ -117,6 +118,8 @@ def selective_advantage(
         step_index, step_labels, n_steps, prm_n_steps: see the module docstring.
         min_steps, max_steps: the guard; rows outside it get 0 everywhere.
         completion_mask: (B, T) 1 for real tokens; padding gets 0.
+        disagree_scale: what a disagreeing step keeps of Â (0: the paper's selective advantage; 0.5:
+            a "half-discount" variant, which the paper's code names but whose definition is unknown).
 
     >>> idx = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, -1]])
     >>> labels = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
@@ -130,7 +133,8 @@ def selective_advantage(
     positive = adv[:, None] >= 0
     agree = (positive & (token_labels == 1)) | (~positive & (token_labels == 0))
     keep = (step_index < 0) | agree | hits["mismatch"][:, None]
-    out = torch.where(keep, adv[:, None].expand_as(token_labels), torch.zeros_like(token_labels))
+    full = adv[:, None].expand_as(token_labels)
+    out = torch.where(keep, full, full * disagree_scale)
     out = torch.where((hits["too_few"] | hits["too_many"])[:, None], torch.zeros_like(out), out)
     if completion_mask is not None:
         out = out * completion_mask.to(out.dtype)

@@ -383,6 +383,9 @@ def test_selective_advantage_by_hand():
         [0.5, 0.5, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0],      # Â >= 0: kept on correct steps
         [0.0, 0.0, -2.0, -2.0, -2.0, -2.0, 0.0, 0.0, -2.0, 0.0],  # Â < 0: kept on incorrect steps
     ]
+    half = selective_advantage(adv, idx, labels, torch.tensor([4, 4]), torch.tensor([4, 4]), completion_mask=mask,
+                               disagree_scale=0.5)
+    assert half[0].tolist() == [0.5, 0.5, 0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0]
 
 
 def test_selective_guards_inflation_reduction_and_mismatch():
