@@ -465,3 +465,64 @@ def test_every_reward_takes_what_grpo_trainer_passes():
         assert len(out) == 3 and out[2] == 0.0, reward.__name__
         assert len(reward.last_details) == 3 and reward.last_details[2]["format_reason"] == "text_after_answer"
     assert logged["rlvr/format_violations"] == pytest.approx(1 / 3) and logged["prm_outcome/mean_steps"] == 2
+
+
+def test_async_prm_reward_against_an_openai_compatible_server(tmp_path):
+    """A PRM served over HTTP: one reward call -> one score_batch -> concurrent requests, one per solution."""
+    import json
+    import re
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from spark_hub.prm import generative_spec, load_prm, write_spec
+
+    state = {"in_flight": 0, "max_in_flight": 0, "requests": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                state["in_flight"] += 1
+                state["requests"] += 1
+                state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+            time.sleep(0.3)
+            user = body["messages"][-1]["content"]
+            steps = re.findall(r"^Step (\d+): (.*)$", user, re.MULTILINE)
+            lines = [f"Step {k}: {'Incorrect' if 'wrong' in text else 'Correct'}" for k, text in steps]
+            final = "No" if any("Incorrect" in line for line in lines) else "Yes"
+            text = "\n".join(lines + [f"Verification: Is the answer correct (Yes/No)? {final}"])
+            data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                            "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            with lock:
+                state["in_flight"] -= 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        folder = tmp_path / "prm"
+        folder.mkdir()
+        write_spec(folder, generative_spec("prm"))
+        prm = load_prm(folder, backend="openai", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                       model="served-prm", max_concurrency=8)
+        [reward] = make_reward_funcs(["prm_step_augmented"], prm=prm, asynchronous=True)
+        completions = [GOOD, WRONG_STEP, GOOD + " tail"] * 2
+        start = time.monotonic()
+        got = asyncio.run(reward(None, completions, problem=[PROBLEM] * 6))
+        elapsed = time.monotonic() - start
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert got == pytest.approx([1.0, 0.2, 0.0] * 2)
+    assert prm.calls == 1 and state["requests"] == 4  # the two invalid completions are never sent
+    assert state["max_in_flight"] >= 2 and elapsed < 4 * 0.3 + 5
