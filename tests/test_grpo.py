@@ -344,10 +344,11 @@ class Probe(TrainerCallback):
         if state.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-tok = t.make_tiny_tokenizer()
-args = GRPOTrainArgs(problems={problems!r}, reward="selective_advantage")
-train_grpo(args, {{**t.TRAINING, "max_steps": 4}}, model={base!r}, output_dir={out!r}, prm=t.ScriptedPRM(),
-           callbacks=[Probe()], rollout_func=t.make_rollout(tok, {{p["problem"]: p["answer"] for p in t.PROBLEMS}}))
+if __name__ == "__main__":  # math-verify's worker processes are spawned: they re-import this file
+    tok = t.make_tiny_tokenizer()
+    args = GRPOTrainArgs(problems={problems!r}, reward="selective_advantage")
+    train_grpo(args, {{**t.TRAINING, "max_steps": 4}}, model={base!r}, output_dir={out!r}, prm=t.ScriptedPRM(),
+               callbacks=[Probe()], rollout_func=t.make_rollout(tok, {{p["problem"]: p["answer"] for p in t.PROBLEMS}}))
 """
 
 
@@ -360,17 +361,34 @@ def test_grpo_resumes_after_sigkill(tmp_path, tiny_policy):
     script.write_text(_KILL_SCRIPT.format(tests=str(Path(__file__).parent), seen=str(seen), base=str(tiny_policy),
                                           out=str(out), problems=str(_problems_file(tmp_path))))
     env = env_with_tests_on_path()
-    killed = subprocess.run([sys.executable, str(script), "3"], env=env, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+    def run(kill_at: str) -> tuple[int, str]:
+        # Own session + log file, not pipes: a SIGKILLed trainer leaves its math-verify worker processes
+        # behind, which would hold a pipe open; the whole session is killed afterwards.
+        log = tmp_path / f"log-{kill_at}-{len(seen.read_text()) if seen.exists() else 0}.txt"
+        with log.open("w") as f:
+            proc = subprocess.Popen([sys.executable, str(script), kill_at], env=env, stdout=f, stderr=f,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=600)
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return code, log.read_text()[-3000:]
+
+    code, log = run("3")
+    assert code == -signal.SIGKILL, log
     assert not (out / "manifest.json").exists()
-    done = subprocess.run([sys.executable, str(script), "0"], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, log = run("0")
+    assert code == 0, log
     # SIGKILL at the end of step 3, before its checkpoint: checkpoint-2 is the newest complete one
     assert seen.read_text().split() == ["1", "2", "3", "3", "4"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["statistics"]["global_step"] == 4
-    again = subprocess.run([sys.executable, str(script), "0"], env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and seen.read_text().split() == ["1", "2", "3", "3", "4"], "finished: a no-op"
+    code, log = run("0")
+    assert code == 0 and seen.read_text().split() == ["1", "2", "3", "3", "4"], "finished: a no-op"
 
 
 # ------------------------------------------------------------------------------------------------
