@@ -14,19 +14,19 @@ The policy writes its reasoning in ``<step>…</step>`` blocks and its final ans
 text, not special tokens: TRL decodes completions with ``skip_special_tokens=True``, which would
 erase special tags from what rewards see.
 
-===================== ===================================================================
-name                  reward of one completion (0 whenever the format is invalid)
-===================== ===================================================================
-``format_validity``   1 when the format is valid (`check_format`), else 0
-``prm_outcome``       the PRM's final verdict y ∈ {0, 1} ("process-aware": the verdict comes
-                      from a step-by-step verification)
-``prm_step_augmented`` 0.4·k/n + 0.6·y, k of the n policy steps judged correct
-``orm``               the outcome verdict of an outcome reward model (same rule as prm_outcome)
-``rlvr``              math-verify of the boxed answer against the reference column
-``random``            a seeded random 0 or 1 (the paper's sanity baseline)
-``majority_vote``     1 when the answer agrees with the majority answer of the completions of
-                      the same prompt (TTRL-style online self-consistency, no reference)
-===================== ===================================================================
+======================== =========================================================================
+name                     reward of one completion (0 whenever the format is invalid)
+======================== =========================================================================
+``format_validity``      1 when the format is valid (`check_format`), else 0
+``prm_outcome``          the PRM's final verdict y ∈ {0, 1} ("process-aware": the verdict comes
+                         from a step-by-step verification)
+``prm_step_augmented``   0.4·k/n + 0.6·y, k of the n policy steps judged correct
+``orm``                  the outcome verdict of an outcome reward model (same rule as prm_outcome)
+``rlvr``                 math-verify of the boxed answer against the reference column
+``random``               a seeded random 0 or 1 (the paper's sanity baseline)
+``majority_vote``        1 when the answer agrees with the majority answer of the completions of
+                         the same prompt (TTRL-style online self-consistency, no reference)
+======================== =========================================================================
 
 Anti-hacking: a completion is cut at its first ``</answer>`` before anything scores it
 (`cut_at_answer`), and its format must be valid (exactly one ``\boxed{}``, exactly one
