@@ -441,3 +441,31 @@ def test_main_trains_from_a_recipe_and_names_a_bad_key(tmp_path, tiny_policy, ca
     with pytest.raises(SystemExit) as info:
         main(["--config", str(recipe), "--output-dir", str(tmp_path / "o2"), "--set", "rewrd=rlvr"])
     assert info.value.code == 2 and "unknown key rewrd" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Push (loopback Hub)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_push_sends_checkpoints_to_step_branches_and_the_policy_with_its_card(hub_server, tmp_path, tiny_policy):
+    from hub_fixtures import unique_repo
+
+    repo_id = unique_repo("grpo-policy")
+    out = _run(tmp_path, tiny_policy, "global_step", prm=ScriptedPRM(), push=True, hub_repo=repo_id)
+    repo = hub_server.repo(repo_id)
+    for step in (1, 2):
+        files = repo.resolve(f"step-00000{step}").files
+        assert {"model.safetensors", "manifest.json", "tokenizer.json", "config.json"} <= set(files), files
+        assert not any(name.endswith((".pt", ".pth", ".bin")) for name in files)
+    main = hub_server.files(repo_id)
+    assert {"model.safetensors", "manifest.json", "README.md"} <= set(main)
+    card = main["README.md"].decode()
+    assert "scripted/prm" in card and "global_step" in card and repo_id in card
+    assert json.loads(main["manifest.json"])["config"]["reward_design"] == "global_step"
+    assert not list((out / ".spark" / "push").glob("*")), "staging folders removed after the pushes"
+    # a finished run with --push again is a no-op that finds the Hub up to date
+    assert _run(tmp_path, tiny_policy, "global_step", prm=ScriptedPRM(), push=True, hub_repo=repo_id) == out
+
+
+from hub_fixtures import hub_server  # noqa: E402,F401 - a fixture

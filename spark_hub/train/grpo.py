@@ -577,7 +577,9 @@ def train_grpo(
         except (OSError, json.JSONDecodeError):
             done = None
         if done == key:
-            logger.info("%s already holds this policy (build key %s): nothing to do", output_dir, key[:12])
+            logger.info("%s already holds this policy (build key %s): nothing to train", output_dir, key[:12])
+            if args.push:  # idempotent: "already up to date" when the Hub has it
+                _push_final(args, output_dir)
             return output_dir
         raise SparkHubError(f"{output_dir} holds a different finished policy",
                             hint="use another --output-dir, or delete the folder to retrain")
@@ -653,8 +655,13 @@ def train_grpo(
     if last:
         logger.info("resuming from %s", last)
     extra = list(callbacks)
-    if args.push and args.push_checkpoints:
-        extra.append(_checkpoint_pusher(args, output_dir, base, prm_info))
+    pusher = None
+    if args.push and args.push_checkpoints and main_process:
+        from spark_hub.hub import require_token
+
+        require_token()  # fail now, not after the first checkpoint
+        pusher = _CheckpointPusher(args, output_dir, base, prm_info, key, problems_prov)
+        extra.append(pusher.callback())
     trainer_cls = _grpo_trainer_class()
     trainer = trainer_cls(
         model=net, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -662,7 +669,11 @@ def train_grpo(
         guards=Guards(args.selective_min_steps, args.selective_max_steps, args.global_min_steps,
                       args.global_max_steps, args.outcome_weight, args.step_weight),
     )
-    result = trainer.train(resume_from_checkpoint=last)
+    try:
+        result = trainer.train(resume_from_checkpoint=last)
+    finally:
+        if pusher is not None:
+            pusher.wait()
 
     # -- save, card, push --------------------------------------------------------------------------
     trainer.save_model(str(output_dir))
@@ -751,39 +762,58 @@ def _write_policy_outputs(output_dir: Path, args, config, base, prm_info, proble
     logger.info("policy written to %s (%s, %d steps)", output_dir, args.reward, result.global_step)
 
 
-def _checkpoint_pusher(args: GRPOTrainArgs, output_dir: Path, base: dict, prm_info: dict | None):
-    """A TrainerCallback that pushes each saved checkpoint (weights, tokenizer, manifest) to ``step-N``."""
-    from transformers import TrainerCallback
+class _CheckpointPusher:
+    """Stages each saved checkpoint as a policy folder (weights, config, tokenizer, manifest; no optimizer
+    or RNG pickles) and pushes it to branch ``step-NNNNNN`` in the background (`hub.push_checkpoint_async`)."""
 
-    from spark_hub import hub
+    def __init__(self, args: GRPOTrainArgs, output_dir: Path, base: dict, prm_info: dict | None, key: str,
+                 problems_prov: dict):
+        self.args, self.output_dir, self.base, self.prm_info, self.key = args, output_dir, base, prm_info, key
+        self.problems_prov = problems_prov
+        self.futures: list = []
 
-    class PushCheckpoints(TrainerCallback):
-        def __init__(self):
-            self.futures = []
+    def callback(self):
+        from transformers import TrainerCallback
 
-        def on_save(self, targs, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            folder = Path(targs.output_dir) / f"checkpoint-{state.global_step}"
-            stage = output_dir / PUSH_STAGING / f"step-{state.global_step}"
-            if stage.exists():
-                shutil.rmtree(stage)
-            stage.mkdir(parents=True)
-            for path in folder.iterdir():  # weights, config, tokenizer; not optimizer/RNG states
-                if path.is_file() and not path.name.endswith((".pt", ".pth", ".bin")):
-                    try:
-                        os.link(path, stage / path.name)
-                    except OSError:
-                        shutil.copy2(path, stage / path.name)
-            from spark_hub.manifest import write_manifest
+        pusher = self
 
-            manifest = _manifest(args, kwargs.get("args") or targs, base, prm_info, {}, None,
-                                 {"global_step": state.global_step, "checkpoint": True})
-            write_manifest(stage, manifest)
-            self.futures.append(hub.push_checkpoint_async(stage, args.hub_repo, state.global_step,
-                                                          private=args.hub_private, overwrite=True))
+        class PushCheckpoints(TrainerCallback):
+            def on_save(self, targs, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    pusher.push(Path(targs.output_dir) / f"checkpoint-{state.global_step}", state.global_step, targs)
 
-    return PushCheckpoints()
+        return PushCheckpoints()
+
+    def push(self, checkpoint: Path, step: int, config) -> None:
+        from spark_hub import hub
+        from spark_hub.manifest import write_manifest
+
+        stage = self.output_dir / PUSH_STAGING / checkpoint.name
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        for path in checkpoint.iterdir():
+            if path.is_file() and not path.name.endswith((".pt", ".pth", ".bin")):
+                try:
+                    os.link(path, stage / path.name)
+                except OSError:
+                    shutil.copy2(path, stage / path.name)
+        manifest = _manifest(self.args, config, self.base, self.prm_info, self.problems_prov, self.key,
+                             {"global_step": step, "checkpoint": True})
+        write_manifest(stage, manifest)
+        future = hub.push_checkpoint_async(stage, self.args.hub_repo, step, private=self.args.hub_private,
+                                           overwrite=True)
+        self.futures.append((step, stage, future))
+
+    def wait(self) -> None:
+        """Wait for the pending pushes, log each outcome, remove the staging folders (hard links)."""
+        for step, stage, future in self.futures:
+            try:
+                result = future.result()
+                logger.info("checkpoint step %d pushed to %s@%s", step, self.args.hub_repo, result.revision)
+            except Exception as error:  # a failed checkpoint push does not fail the training run
+                logger.warning("checkpoint step %d was not pushed to %s: %s", step, self.args.hub_repo, error)
+            shutil.rmtree(stage, ignore_errors=True)
+        self.futures.clear()
 
 
 def _push_final(args: GRPOTrainArgs, output_dir: Path) -> None:
