@@ -220,12 +220,12 @@ def test_step_advantages_replace_outcome_advantages_on_hand_computed_masks(advan
 # ------------------------------------------------------------------------------------------------
 
 
-def _run(tmp_path, policy, reward, *, prm=None, training=None, callbacks=(), **extra):
+def _run(tmp_path, policy, reward, *, prm=None, training=None, callbacks=(), prm_path=None, **extra):
     from spark_hub.train.grpo import GRPOTrainArgs, train_grpo
 
     tokenizer = make_tiny_tokenizer()
     problems = _problems_file(tmp_path)
-    args = GRPOTrainArgs(problems=str(problems), reward=reward, **extra)
+    args = GRPOTrainArgs(problems=str(problems), reward=reward, prm=prm_path, **extra)
     rollout = make_rollout(tokenizer, {p["problem"]: p["answer"] for p in PROBLEMS})
     out = tmp_path / "policy"
     train_grpo(args, {**TRAINING, **(training or {})}, model=policy, output_dir=out, prm=prm,
@@ -320,6 +320,31 @@ def test_cpu_grpo_generates_with_model_generate_and_needs_a_prm_for_prm_designs(
     with pytest.raises(SparkHubError, match="needs a PRM"):
         train_grpo(GRPOTrainArgs(problems=str(problems), reward="global_step"), dict(TRAINING), model=tiny_policy,
                    output_dir=tmp_path / "x")
+
+
+def test_cpu_grpo_with_a_stage_ii_prm_folder_loaded_by_load_prm(tmp_path, tiny_policy, monkeypatch):
+    """The PRM comes from a folder as `train prm` writes it (weights + prm_spec.json), loaded in-process by
+    load_prm with the transformers backend: one score_batch (one generate call) per rollout batch."""
+    from spark_hub.prm import GenerativePRM, generative_spec, write_spec
+
+    folder = Path(make_tiny_model(tmp_path / "prm"))
+    write_spec(folder, generative_spec("prm_cot", generation={"max_tokens": 8}, base_model="tiny"))
+    calls = []
+    original = GenerativePRM.score_batch
+
+    def counted(self, items):
+        items = list(items)
+        calls.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(GenerativePRM, "score_batch", counted)
+    out = _run(tmp_path, tiny_policy, "selective_advantage", prm_path=str(folder))
+    assert calls == [6, 6]
+    manifest = json.loads((out / "manifest.json").read_text())
+    reward_model = manifest["models"]["reward_model"]
+    assert reward_model["variant"] == "prm_cot" and len(reward_model["spec_sha256"]) == 64
+    logs = {k for entry in manifest["statistics"]["log_history"] for k in entry}
+    assert {"rewards/prm_outcome/mean", "spark/guard/mismatch"} <= logs
 
 
 # ------------------------------------------------------------------------------------------------
