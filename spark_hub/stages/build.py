@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -385,6 +386,7 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
     stats.problems = len(problems)
     labeller = Labeller(config, verifier.model_id, generator.model_id if generator is not None else "given")
 
+    stack.enter_context(_bulk_gc())
     loop_started = time.monotonic()
     with StageProgress(enabled=progress) as bar:
         per_problem = config.generator.n if generator is not None else 1
@@ -487,6 +489,27 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
     if warning:
         logger.warning("%s: %s", output_dir, warning)
     return result
+
+
+@contextlib.contextmanager
+def _bulk_gc(gen0: int = 20_000):
+    """Cyclic GC settings for the chunk loop and the finalize, restored on exit.
+
+    Objects alive at the start (imported modules, inputs) are frozen out of the collections, and
+    generation 0 is collected every ``gen0`` allocations instead of 700: full collections over the
+    imported modules otherwise cost ~10% of a large build. Chunk data is freed by reference
+    counting (it holds no cycles), so memory stays flat."""
+    threshold = gc.get_threshold()
+    froze = gc.get_freeze_count() == 0  # leave a caller's own frozen objects alone
+    if froze:
+        gc.freeze()
+    gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if froze:
+            gc.unfreeze()
 
 
 @dataclass
