@@ -275,3 +275,45 @@ def test_use_peft_in_a_recipe_trains_lora(tmp_path):
     changed = {k for k, v in _weights(Path(base)).items() if not (v == _weights(out)[k]).all()}
     assert changed and all(k.endswith("o_proj.weight") for k in changed), changed
     assert json.loads((out / "manifest.json").read_text())["config"]["lora"]["target_modules"] == ["o_proj"]
+
+
+def test_stage_one_dataset_to_pushed_prm_with_processbench_f1_in_its_card(hub_server, tmp_path):
+    """Issue 10 "done when", on a tiny model: train prm from a Stage I dataset folder, eval processbench
+    writes per-split F1 into the manifest and card, the pushed repo loads with load_prm and scores."""
+    from click.testing import CliRunner
+    from huggingface_hub import ModelCard
+    from hub_fixtures import unique_repo
+
+    import arithmetic_task
+    from spark_hub.cli import cli
+    from spark_hub.hub import push
+    from spark_hub.prm import load_prm
+
+    base = make_tiny_model(tmp_path / "base")
+    stage1 = Path(__file__).parent / "data" / "v1_dataset"  # a Stage I build (schema v1 rows, migrated on read)
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(f"dataset: {stage1}\nvariant: prm\neval_fraction: 0.0\nmodel_name_or_path: {base}\n"
+                      "max_steps: 1\nper_device_train_batch_size: 2\nmax_length: 512\ngradient_checkpointing: false\n")
+    out = tmp_path / "prm"
+    result = CliRunner().invoke(cli, ["train", "prm", "--config", str(recipe), "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    data = arithmetic_task.write_processbench(tmp_path / "pb", arithmetic_task.step_records(2, seed=0), split="gsm8k")
+    result = CliRunner().invoke(cli, ["eval", "processbench", "--prm", str(out), "--data", str(data), "--no-progress",
+                                      "--output", str(tmp_path / "pb.json")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    f1 = manifest["results"]["processbench"]["gsm8k"]["f1"]
+    assert isinstance(f1, (int, float))
+    card = ModelCard((out / "README.md").read_text())
+    [entry] = card.data.eval_results
+    assert entry.dataset_split == "gsm8k" and entry.metric_type == "f1" and entry.metric_value == round(f1, 2)
+
+    repo_id = unique_repo("done-when")
+    pushed = push(out, repo_id)
+    prm = load_prm(repo_id)
+    assert prm.source["commit"] == pushed.commit_sha and prm.spec["variant"] == "prm"
+    [s] = prm.score_batch([("Tom has 3 apples and buys 2. How many?", ["3 + 2 = 5.", "He has 5 apples."])])
+    assert s.n_steps == 2 and isinstance(s.status, str)
+    remote_card = ModelCard((Path(prm.source["folder"]) / "README.md").read_text())
+    assert remote_card.data.eval_results[0].metric_value == round(f1, 2)
+    assert remote_card.data.base_model is None or "tiny" not in str(remote_card.data.base_model)

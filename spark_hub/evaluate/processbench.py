@@ -587,8 +587,8 @@ def manifest_results(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def record_results(folder: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write the ProcessBench results into the ``manifest.json`` of a PRM folder (file table refreshed),
-    so that its card shows them (``model-index``) on the next push."""
+    """Write the ProcessBench results into the ``manifest.json`` of a PRM folder (file table refreshed)
+    and re-render its ``README.md``, whose ``model-index`` then lists the F1 of every split."""
     from spark_hub.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(folder)
@@ -597,7 +597,11 @@ def record_results(folder: str | Path, results: Mapping[str, Any]) -> Path:
                             hint="record ProcessBench results into a PRM folder")
     manifest = {k: v for k, v in manifest.items() if k != "files"}
     manifest["results"] = {**(manifest.get("results") or {}), "processbench": manifest_results(results)}
-    return write_manifest(folder, manifest)
+    path = write_manifest(folder, manifest)
+    from spark_hub.cards import write_card
+
+    write_card(folder)  # the local card shows the F1s (model-index) too; a push renders it again
+    return path
 
 
 def run(

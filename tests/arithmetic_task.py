@@ -1,0 +1,220 @@
+"""A deterministic synthetic arithmetic task for the PRM learning check (issue 10 §6).
+
+Each problem is a running total: "Start at 7. Add 5, subtract 3, add 8, add 2. What is the result?".
+A solution writes one step per operation, ``12 - 3 = 9.``, each step starting from the previous
+step's result. Errors are injected at a KNOWN step, of four kinds:
+
+- ``sign``: the step applies the other operation (adds where the problem says subtract, or the
+  reverse), computed correctly;
+- ``operand``: the step uses another number than the problem's (off by 1-3), computed correctly;
+- ``carry``: the step starts from a wrong value (the previous result miscopied by 1-3); its own
+  arithmetic is right, so the error is visible by comparing the step with the one before it;
+- ``result``: the step's arithmetic is wrong (the result is off by 1-3).
+
+Later steps continue correctly from the wrong value, so every step is labelled by its OWN
+correctness and the first incorrect step is the error index (ProcessBench's ``label``). Half of the
+solutions are correct. Everything comes from ``random.Random(seed)``: same arguments, same rows.
+
+`step_records` gives Stage I-shaped step records (what `spark_hub.train.sft_data` and
+``train prm`` read), `processbench_rows` the same solutions as ProcessBench cases, and
+`make_word_tokenizer` / `make_arithmetic_model` a tiny model whose tokenizer has one token per word,
+number or punctuation mark with its leading space (so " 12 - 3 = 9" is five tokens the model can
+compare, and every step has the same length), with ChatML special tokens and chat template like
+`tiny_models`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from spark_hub import rm_prompts
+
+KINDS = ("sign", "operand", "carry", "result")
+MAX_VALUE = 99
+
+PAD, BOS, EOS, UNK = "<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+PIECES = r" ?\w+| ?[^\w\s]|\s+"
+
+
+def _solution(rng: random.Random, n_steps: int):
+    """Problem text, correct step texts, labels and final answer of one problem."""
+    while True:
+        start = rng.randint(2, 30)
+        ops = [(rng.choice("+-"), rng.randint(1, 9)) for _ in range(n_steps)]
+        totals, value = [], start
+        for op, b in ops:
+            value = value + b if op == "+" else value - b
+            totals.append(value)
+        if all(4 <= t <= MAX_VALUE - 10 for t in totals):
+            break
+    words = {"+": "add", "-": "subtract"}
+    problem = f"Start at {start}. " + ", ".join(f"{words[op]} {b}" for op, b in ops).capitalize() + \
+        ". What is the result?"
+    steps = [f"{a} {op} {b} = {c}." for a, (op, b), c in zip([start] + totals[:-1], ops, totals)]
+    return problem, steps, [True] * n_steps, str(totals[-1])
+
+
+def step_records(n_problems: int, *, seed: int = 0, n_steps: int = 4, kinds: tuple[str, ...] = KINDS,
+                 prefix: str = "arith") -> list[dict[str, Any]]:
+    """Two solutions per problem, one correct and one with an error at a uniformly chosen step, as
+    Stage I step records (schema v1 rows; readers migrate them). Problem ids are ``{prefix}-NNNN``."""
+    rng = random.Random(seed)
+    rows = []
+    for p in range(n_problems):
+        problem_id = f"{prefix}-{p:04d}"
+        problem, steps, labels, answer = _solution(rng, n_steps)
+        rows.append(_record(problem_id, 0, problem, steps, labels, answer, None))
+        error_step = rng.randrange(n_steps)
+        bad_steps, bad_labels, bad_answer, kind = _corrupt(steps, error_step, kinds, rng)
+        rows.append(_record(problem_id, 1, problem, bad_steps, bad_labels, bad_answer, kind))
+    return rows
+
+
+def _corrupt(correct_steps: list[str], error_step: int, kinds: tuple[str, ...], rng: random.Random):
+    """The correct solution with an error injected at ``error_step``; later steps recomputed from it.
+    Every number stays in [0, MAX_VALUE] (a draw that leaves it is drawn again)."""
+    parsed = []
+    for text in correct_steps:
+        a, op, b, _, _ = text.rstrip(".").split()
+        parsed.append((int(a), op, int(b)))
+    while True:
+        kind = rng.choice(kinds)
+        steps, labels = [], []
+        value = parsed[0][0]
+        in_range = True
+        for k, (_, op, b) in enumerate(parsed):
+            a = value
+            if k == error_step and kind == "sign":
+                op = "-" if op == "+" else "+"
+            if k == error_step and kind == "operand":
+                b = b + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if 1 <= b + d])
+            if k == error_step and kind == "carry":
+                a = value + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if 0 <= value + d])
+            c = a + b if op == "+" else a - b
+            if k == error_step and kind == "result":
+                c = c + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if 0 <= c + d])
+            in_range = in_range and 0 <= a <= MAX_VALUE and 0 <= c <= MAX_VALUE
+            steps.append(f"{a} {op} {b} = {c}.")
+            labels.append(k != error_step)
+            value = c
+        if in_range:
+            return steps, labels, str(value), kind
+
+
+def _record(problem_id: str, index: int, problem: str, steps: list[str], labels: list[bool], answer: str,
+            kind: str | None) -> dict[str, Any]:
+    n = len(steps)
+    final = all(labels)
+    return {
+        "schema_version": "1",
+        "id": f"{problem_id}/s{index}",
+        "problem_id": problem_id,
+        "problem": problem,
+        "reference": None,
+        "solution_index": index,
+        "solution": "\n".join(f"Step {k}: {s}" for k, s in enumerate(steps, 1)) + f"\nAnswer: {answer}",
+        "steps": steps,
+        "final_answer": answer,
+        "solution_status": "ok",
+        "generator": f"arithmetic-task/{kind or 'correct'}",
+        "verifier": "arithmetic-task",
+        "method": "step_consistency",
+        "status": "ok",
+        "labels": labels,
+        "final_label": final,
+        "first_error_step": next((i for i, ok in enumerate(labels) if not ok), -1),
+        "votes_correct": [1 if ok else 0 for ok in labels],
+        "votes_incorrect": [0 if ok else 1 for ok in labels],
+        "agreement": [1.0] * n,
+        "final_votes_yes": int(final),
+        "final_votes_no": int(not final),
+        "n_verifications": 1,
+        "n_parsed": 1,
+        "cot_target": None,
+        "cot_verification_index": None,
+        "cot_verification_id": None,
+        "cot_exact_match": None,
+    }
+
+
+def processbench_rows(records: list[dict[str, Any]], split: str = "arith") -> list[dict[str, Any]]:
+    """The solutions as ProcessBench cases: ``id``, ``problem``, ``steps``, ``label`` (first error or -1)."""
+    return [{"id": f"{split}-{i}", "problem": r["problem"], "steps": r["steps"], "label": r["first_error_step"],
+             "final_answer_correct": r["final_label"]} for i, r in enumerate(records)]
+
+
+def write_processbench(folder: str | os.PathLike, records: list[dict[str, Any]], split: str = "arith") -> Path:
+    """Write ``<folder>/<split>.jsonl`` (a ProcessBench data folder of one split); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = processbench_rows(records, split)
+    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _corpus() -> list[str]:
+    """Every text the model sees: PRM prompts and targets of the task, and the chat template pieces."""
+    texts = [rm_prompts.PRM_TEMPLATE, rm_prompts.ORM_TEMPLATE, rm_prompts.FINAL_LINE, "user\nassistant\nsystem\n",
+             "Step Correct Incorrect Answer Yes No Start at add subtract What is the result ?",
+             " ".join(str(i) for i in range(0, MAX_VALUE + 10)), "\n".join(str(i) for i in range(0, 10))]
+    for r in step_records(20, seed=12345):
+        texts.append(rm_prompts.rm_prompt("prm", r["problem"], r["steps"], r["final_answer"]))
+        texts.append(rm_prompts.prm_target(r["labels"], r["final_label"]))
+    return texts
+
+
+def make_word_tokenizer():
+    """A word-level `PreTrainedTokenizerFast`: one token per word, number or punctuation mark (with its
+    leading space) and per other whitespace run of the task's texts (others map to ``<|unk|>``),
+    decoded by concatenation (exact round trip)."""
+    import re
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, BOS: 1, EOS: 2, UNK: 3}
+    for text in _corpus():
+        for piece in re.findall(PIECES, text):
+            vocab.setdefault(piece, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECES), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def make_arithmetic_model(path: str | os.PathLike, *, hidden_size: int = 64, num_hidden_layers: int = 2,
+                          num_attention_heads: int = 4, intermediate_size: int = 256, seed: int = 0) -> str:
+    """Write a tiny random Llama with the word-level tokenizer into ``path`` (like `tiny_models.make_tiny_model`)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    tokenizer = make_word_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
