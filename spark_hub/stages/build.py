@@ -33,7 +33,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spark_hub import __version__
 from spark_hub.backends.base import load_backend
@@ -43,19 +43,39 @@ from spark_hub.errors import SparkHubError
 from spark_hub.inputs import HUB_ID_RE, Inputs, load_inputs  # noqa: F401 (re-exported for older imports)
 from spark_hub.io import BuildLock, atomic_write_text, clean_stale_temps, is_temp_name, sha256_file
 from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
-from spark_hub.progress import StageProgress
 from spark_hub.prompts import template_hash
 from spark_hub.records import Problem, Solution, StepRecord, Verification
 from spark_hub.schema import fast_check
 from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate
 from spark_hub.stages.balance import balance_problem
-from spark_hub.stages.critique import critique_verification, meta_critique
-from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
 from spark_hub.stages.stats import AGREEMENT_STEPS, LabelStats, labelling_warning  # noqa: F401 (re-exported)
-from spark_hub.stages.verify import parse_verifications, verification_request
-from spark_hub.storage import ShardWriter, finalize_shards
+
+if TYPE_CHECKING:
+    from spark_hub.progress import StageProgress
 
 logger = logging.getLogger(__name__)
+
+# The chunk loop's modules (progress bars, verification, critique, generation, storage) are imported
+# by `_build` once the finished-build check has failed: a re-run of a finished build only hashes
+# its inputs and files. Their names stay importable from here (`__getattr__`).
+_LOOP_IMPORTS = {
+    "StageProgress": "spark_hub.progress",
+    "critique_verification": "spark_hub.stages.critique", "meta_critique": "spark_hub.stages.critique",
+    "given_solutions": "spark_hub.stages.generate", "parse_solutions": "spark_hub.stages.generate",
+    "solution_request": "spark_hub.stages.generate",
+    "parse_verifications": "spark_hub.stages.verify", "verification_request": "spark_hub.stages.verify",
+    "ShardWriter": "spark_hub.storage", "finalize_shards": "spark_hub.storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_unparsed":  # the critique row (moved to stages/critique.py)
+        name = "critique_verification"
+    if name in _LOOP_IMPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LOOP_IMPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 
@@ -371,6 +391,11 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
         return BuildResult(output_dir, done, done.get("statistics", {}), reused=True,
                            model_requests={"generator": 0, "verifier": 0}, seconds=time.monotonic() - t0)
 
+    from spark_hub.progress import StageProgress
+    from spark_hub.stages.generate import given_solutions, parse_solutions, solution_request
+    from spark_hub.stages.verify import parse_verifications, verification_request
+    from spark_hub.storage import ShardWriter, finalize_shards
+
     # ---- resume from the call cache
     cache = stack.enter_context(contextlib.closing(CallCache(cache_path(config))))
     verifier = CachedBackend(verifier_backend, cache, batch_size=config.verifier.batch_size)
@@ -545,6 +570,8 @@ class Labeller:
                       stats: LabelStats) -> list[Labelled]:
         """Critique, then merge, the selected verification of every labelled solution (T=0, n=1)."""
         role = self.config.verifier
+        from spark_hub.stages.critique import meta_critique
+
         tokens = meta_critique(labelled, verifier, self.config.aggregation, self.config.seed,
                                verifier_id=self.verifier_id, bar=bar, constrained=bool(getattr(role, "constrained", False)),
                                logprobs=bool(getattr(role, "logprobs", False)))
@@ -591,7 +618,6 @@ class Labeller:
         return record_rows, verification_rows
 
 
-_unparsed = critique_verification  # the critique row (moved to stages/critique.py)
 
 
 def balance_rows(rows: list[dict[str, Any]], config: BuildConfig) -> list[dict[str, Any]]:
