@@ -11,7 +11,7 @@ Targets: >= 20,000 verifications/s, flat memory, re-run < 2% of the first run.
 verifications, N=16; default sizes 16k and 80k), built through the real CLI (``python -m
 spark_hub.cli build-dataset`` in a fresh process). Prints in one run: end-to-end CLI verifications/s,
 the bare `parse_verification` rate on the same texts, their ratio (target >= 0.5), peak RSS of the
-CLI process, and re-run/first (target < 2%).
+CLI process, and re-run/first (target < 2%) by wall clock and by CPU time.
 
     python bench/stage1_overhead.py --realistic [--sizes 16000 80000]
 """
@@ -287,21 +287,21 @@ def realistic(sizes: list[int], m: int, n: int) -> None:
     print("per-row parts, CPU us per verification: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items())
           + f"; validation / parse = {costs['validate'] / costs['parse']:.2f} (target < 1)")
     print(f"{'verifications':>14} {'CLI s':>7} {'CLI verif/s':>12} {'ratio':>6} {'CPU s':>7} {'verif/CPU s':>12} "
-          f"{'ratio':>6} {'peak RSS MiB':>13} {'re-run s':>9} {'re-run/first':>13}")
+          f"{'ratio':>6} {'peak RSS MiB':>13} {'re-run s':>9} {'re-run/first':>13} {'re-run CPU s':>13} {'CPU re-run/first':>17}")
     for size in sizes:
         problems = max(1, round(size / (m * n)))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             recipe = write_realistic_inputs(folder, problems, m, n)
             first, cpu, rss = run_cli(recipe, folder / "out")
-            again, _, _ = run_cli(recipe, folder / "out")
+            again, again_cpu, _ = run_cli(recipe, folder / "out")
             verifications = json.loads((folder / "out" / "manifest.json").read_text())["statistics"]["verifications"]
             rate, cpu_rate = verifications / first, verifications / cpu
             print(f"{verifications:>14,} {first:>7.1f} {rate:>12,.0f} {rate / parse_wall:>6.2f} {cpu:>7.1f} "
-                  f"{cpu_rate:>12,.0f} {cpu_rate / parse_cpu:>6.2f} {rss:>13.0f} {again:>9.2f} {again / first:>12.2%}",
-                  flush=True)
-    print("ratio: CLI rate / bare parse rate (wall, then CPU time); targets: >= 0.5, re-run < 2% of the first run, "
-          "flat peak RSS")
+                  f"{cpu_rate:>12,.0f} {cpu_rate / parse_cpu:>6.2f} {rss:>13.0f} {again:>9.2f} {again / first:>12.2%} "
+                  f"{again_cpu:>13.2f} {again_cpu / cpu:>16.2%}", flush=True)
+    print("ratio: CLI rate / bare parse rate (wall, then CPU time); targets: >= 0.5, re-run < 2% of the first run "
+          "(wall, then CPU time: the CPU figure is the one to trust on a loaded machine), flat peak RSS")
 
 
 def main() -> None:
