@@ -347,6 +347,10 @@ class _RowState:
             return
         if op[0] == "choose":
             matching = [alt for alt in self.alternatives if alt[0] == token]
+            if not matching:  # cannot happen while the mask holds; never crash generation over it
+                logger.debug("token %d is none of the constrained alternatives; constraint dropped", token)
+                self.done = True
+                return
             rest = [alt[1:] for alt in matching]
             if len(rest) == 1 or all(not r for r in rest):
                 self.pending = rest[0] if rest else []
