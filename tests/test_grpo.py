@@ -416,6 +416,71 @@ def test_grpo_resumes_after_sigkill(tmp_path, tiny_policy):
     assert code == 0 and seen.read_text().split() == ["1", "2", "3", "3", "4"], "finished: a no-op"
 
 
+_DDP_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import test_grpo as t
+from spark_hub import advantages
+from spark_hub.train.grpo import GRPOTrainArgs, train_grpo
+
+rank = int(os.environ.get("RANK", "0"))
+record = open({record!r} + f".{{rank}}", "a")
+local, total = advantages.step_reward_moments, advantages.stats_from_moments
+
+def step_reward_moments(*a, **k):
+    m = local(*a, **k)
+    record.write(json.dumps({{"local": m.tolist()}}) + "\\n"); record.flush()
+    return m
+
+def stats_from_moments(m):
+    stats = total(m)
+    record.write(json.dumps({{"summed": [float(x) for x in m], "stats": list(stats)}}) + "\\n"); record.flush()
+    return stats
+
+advantages.step_reward_moments, advantages.stats_from_moments = step_reward_moments, stats_from_moments
+
+if __name__ == "__main__":
+    tok = t.make_tiny_tokenizer()
+    answers = {{p["problem"]: p["answer"] for p in t.PROBLEMS}}
+    rollout = t.make_rollout(tok, answers)
+    if rank == 1:  # this process only ever sees 4-step all-correct solutions: its own step statistics differ
+        base = rollout
+        def rollout(prompts, trainer):
+            out = base(prompts, trainer)
+            first = t.scripted_completions("1")[0]
+            out["completion_ids"] = [tok.encode(first, add_special_tokens=False) + [tok.eos_token_id]] * len(prompts)
+            return out
+    args = GRPOTrainArgs(problems={problems!r}, reward="global_step")
+    train_grpo(args, {{**t.TRAINING, "max_steps": 1, "per_device_train_batch_size": 4}}, model={base!r},
+               output_dir={out!r}, prm=t.ScriptedPRM(), rollout_func=rollout)
+"""
+
+
+@pytest.mark.slow
+def test_global_step_statistics_are_gathered_across_two_processes(tmp_path, tiny_policy):
+    import shutil
+
+    from helpers import env_with_tests_on_path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    record = tmp_path / "moments"
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), record=str(record), base=str(tiny_policy),
+                                         out=str(tmp_path / "policy"), problems=str(_problems_file(tmp_path))))
+    env = {**env_with_tests_on_path(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", str(script)], env=env, capture_output=True, text=True,
+                          timeout=600, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {rank: [json.loads(line) for line in Path(f"{record}.{rank}").read_text().splitlines()] for rank in (0, 1)}
+    local = {rank: next(r["local"] for r in rows[rank] if "local" in r) for rank in (0, 1)}
+    summed = {rank: next(r for r in rows[rank] if "summed" in r) for rank in (0, 1)}
+    assert local[0] != local[1], "the two processes saw different step rewards"
+    expected = [a + b for a, b in zip(local[0], local[1])]
+    for rank in (0, 1):
+        assert summed[rank]["summed"] == pytest.approx(expected), "moments summed over both processes"
+    assert summed[0]["stats"] == pytest.approx(summed[1]["stats"]), "one batch-wide mean/std on every process"
+
+
 # ------------------------------------------------------------------------------------------------
 # Recipes and the module entry point
 # ------------------------------------------------------------------------------------------------
