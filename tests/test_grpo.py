@@ -305,6 +305,42 @@ def test_hacking_monitor_logs_prm_reward_against_accuracy_and_warns(tmp_path, ti
     assert {"monitor/prm_reward", "monitor/accuracy", "monitor/gap"} <= logs
 
 
+class OpenAIBackend:  # what _is_remote looks for: a PRM served behind an OpenAI-compatible endpoint
+    base_url = "http://127.0.0.1:9/v1"
+
+
+class RemotePRM(ScriptedPRM):
+    backend = OpenAIBackend()
+
+
+def test_a_served_prm_is_scored_by_an_async_reward_in_trl_and_in_the_monitor(tmp_path, tiny_policy):
+    import inspect
+
+    from spark_hub import rewards
+
+    made = []
+    original = rewards.make_reward_funcs
+
+    def spy(names, prm=None, **options):
+        funcs = original(names, prm=prm, **options)
+        made.extend(funcs)
+        return funcs
+
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in PROBLEMS[:4]))
+    prm = RemotePRM()
+    import unittest.mock
+
+    with unittest.mock.patch.object(rewards, "make_reward_funcs", spy):
+        out = _run(tmp_path, tiny_policy, "selective_advantage", prm=prm, monitor_problems=str(held_out),
+                   monitor_steps=1)
+    prm_funcs = [f for f in made if getattr(f, "__name__", "") == "prm_outcome"]
+    assert prm_funcs and all(inspect.iscoroutinefunction(f.__call__) for f in prm_funcs)
+    assert prm.batches == [3, 6, 3, 6], "monitor (4 held-out, 3 valid) then the rollout batch, each step"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["step"] for m in manifest["statistics"]["hacking_monitor"]] == [0, 1]
+
+
 def test_cpu_grpo_generates_with_model_generate_and_needs_a_prm_for_prm_designs(tmp_path, tiny_policy):
     from spark_hub.errors import SparkHubError
     from spark_hub.train.grpo import GRPOTrainArgs, train_grpo
