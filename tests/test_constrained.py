@@ -271,3 +271,21 @@ def test_max_tokens_below_the_forced_text_is_warned(backend, caplog):
                                            constraint=constraint)])[0][0]
     assert completion.finish_reason == "length"
     assert "max_tokens=%d is below the %d tokens" % (short, short + 5) in caplog.text
+
+
+def test_vllm_completion_carries_token_ids_logprobs_and_offsets():
+    from types import SimpleNamespace
+
+    from spark_hub.backends.vllm_ import completion_from_sample
+
+    pieces = ["## Step 1:", " fine", "\n**This step is", " correct", ".**", ""]  # "" = the EOS token
+    ids = [11, 12, 13, 14, 15, 2]
+    logprobs = [{i: SimpleNamespace(logprob=-0.1 * k, rank=1, decoded_token=p)}
+                for k, (i, p) in enumerate(zip(ids, pieces))]
+    sample = SimpleNamespace(text="".join(pieces), token_ids=ids, logprobs=logprobs, finish_reason="stop", index=0)
+    completion = completion_from_sample(sample, prompt_tokens=7, with_logprobs=True)
+    assert completion.token_ids == ids and completion.logprobs == pytest.approx([-0.1 * k for k in range(6)])
+    assert completion.token_offsets == [0, 10, 15, 30, 38, 41]
+    assert completion.token_span(31, 38) == [3]  # "correct"
+    plain = completion_from_sample(sample, prompt_tokens=7, with_logprobs=False)
+    assert plain.token_ids is None and plain.completion_tokens == 6 and plain.prompt_tokens == 7
