@@ -302,6 +302,10 @@ def test_stage_one_dataset_to_pushed_prm_with_processbench_f1_in_its_card(hub_se
                                       "--output", str(tmp_path / "pb.json")])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
+    stage1_manifest = (stage1 / "manifest.json").read_bytes()
+    assert manifest["inputs"]["step_records"] == {
+        "source": str(stage1.resolve()), "sha256": __import__("hashlib").sha256(stage1_manifest).hexdigest(),
+        "build_key": json.loads(stage1_manifest)["build_key"]}
     f1 = manifest["results"]["processbench"]["gsm8k"]["f1"]
     assert isinstance(f1, (int, float))
     card = ModelCard((out / "README.md").read_text())

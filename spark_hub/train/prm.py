@@ -162,6 +162,7 @@ def train_prm(
     hub_endpoint: str | None = None,
     callbacks: Sequence[Any] = (),
     peft_config: Any = None,
+    step_records: Mapping[str, Any] | None = None,
 ) -> Path:
     """Fine-tune ``model`` into a generative PRM and write it to ``output_dir``.
 
@@ -184,6 +185,8 @@ def train_prm(
         inputs: provenance of the data for the manifest, e.g. ``{"source": "org/steps", "revision": sha}``
             (recorded as ``inputs.sft_data`` beside the sha256 of the examples).
         callbacks: extra `transformers.TrainerCallback` objects.
+        step_records: provenance of the Stage I dataset the SFT data was made from (recorded as
+            ``inputs.step_records``), e.g. `dataset_provenance`'s ``{"source", "sha256", "build_key"}``.
         peft_config: a `peft.LoraConfig` to train LoRA adapters instead of all weights; they are
             merged into the base model at save (the folder holds full safetensors weights, no
             adapter). Checkpoints hold the adapters only, so they are not pushed to step branches.
@@ -305,7 +308,8 @@ def train_prm(
     else:
         trainer.save_model(str(output_dir))  # safetensors by default
     if main:
-        _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash, lora)
+        _write_outputs(output_dir, tokenizer, sft, variant, base, config, key, result, inputs, data_hash, lora,
+                       step_records)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 
@@ -415,7 +419,8 @@ class _CheckpointPusher:
 
 
 def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, config, key: str, result,
-                   inputs: Mapping[str, Any] | None, data_hash: str, lora: dict[str, Any] | None = None) -> None:
+                   inputs: Mapping[str, Any] | None, data_hash: str, lora: dict[str, Any] | None = None,
+                   step_records: Mapping[str, Any] | None = None) -> None:
     from spark_hub import rm_prompts
     from spark_hub.manifest import new_manifest, write_manifest
     from spark_hub.prm import generative_spec, write_spec
@@ -437,7 +442,8 @@ def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, c
         models={"base_model": base},
         prompts={variant: rm_prompts.template_hash(variant)},
         seeds={"train": config.seed, "split": sft.statistics.get("seed")},
-        inputs={"sft_data": {"source": "in-memory", "sha256": data_hash, **dict(inputs or {})}},
+        inputs={"sft_data": {"source": "in-memory", "sha256": data_hash, **dict(inputs or {})},
+                **({"step_records": dict(step_records)} if step_records else {})},
         statistics={"sft_data": sft.statistics, "train": metrics, "global_step": result.global_step},
         build_key=key,
     )
@@ -476,6 +482,25 @@ class PRMTrainArgs:
             raise SparkHubError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
+def dataset_provenance(dataset: str, revision: str | None = None) -> dict[str, Any]:
+    """What identifies the Stage I step records: for a dataset folder the sha256 of its manifest (which
+    lists the sha256 of every file) and its build key; for a file its sha256; for a Hub id the repo and
+    revision (``hf://datasets/ORG/NAME``)."""
+    path = Path(dataset)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        raw = (path / "manifest.json").read_bytes()
+        try:
+            build = json.loads(raw).get("build_key")
+        except ValueError:
+            build = None
+        return {"source": str(path.resolve()), "sha256": hashlib.sha256(raw).hexdigest(), "build_key": build}
+    if path.is_file():
+        from spark_hub.io import sha256_file
+
+        return {"source": str(path.resolve()), "sha256": sha256_file(path)}
+    return {"source": f"hf://datasets/{dataset}", "revision": revision or "main"}
+
+
 def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, push_checkpoints_to: str | None = None,
                       hub_endpoint: str | None = None) -> Path:
     """Run `train_prm` from the three parsed recipe sections (``PRMTrainArgs``, ``SFTConfig``, ``ModelConfig``).
@@ -507,6 +532,7 @@ def train_from_config(args: PRMTrainArgs, training: Any, model_args: Any, *, pus
         revision=None if revision == "main" else revision, training_args=training,
         eval_fraction=args.eval_fraction, seed=args.split_seed, keep_inexact_cot=args.keep_inexact_cot,
         inputs={"source": args.dataset, "revision": args.dataset_revision},
+        step_records=dataset_provenance(args.dataset, args.dataset_revision),
         dtype=getattr(model_args, "dtype", None), push_checkpoints_to=push_checkpoints_to, hub_endpoint=hub_endpoint,
         peft_config=peft_config,
     )
@@ -542,7 +568,8 @@ def clean_checkpoints(output_dir: str | Path) -> None:
     shutil.rmtree(Path(output_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_TRAINING_ARGS", "PRMTrainArgs", "build_key", "clean_checkpoints", "last_complete_checkpoint",
+__all__ = ["DEFAULT_TRAINING_ARGS", "PRMTrainArgs", "build_key", "clean_checkpoints", "dataset_provenance",
+           "last_complete_checkpoint",
            "main", "train_from_config", "train_prm"]
 
 
