@@ -383,6 +383,27 @@ def test_cpu_grpo_with_a_stage_ii_prm_folder_loaded_by_load_prm(tmp_path, tiny_p
     assert {"rewards/prm_outcome/mean", "spark/guard/mismatch"} <= logs
 
 
+def test_long_prompts_are_dropped_and_use_vllm_without_vllm_is_one_line(tmp_path, tiny_policy, monkeypatch):
+    from spark_hub import import_utils
+    from spark_hub.errors import SparkHubError
+    from spark_hub.train.grpo import GRPOTrainArgs, _drop_long_prompts, policy_messages, train_grpo
+
+    tok = make_tiny_tokenizer()
+    rows = [{"prompt": policy_messages("What is 1 + 1?")}, {"prompt": policy_messages("word " * 400)}]
+    lengths = [len(tok.encode(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False),
+                              add_special_tokens=False)) for r in rows]
+    assert lengths[0] < lengths[1]
+    kept = _drop_long_prompts(rows, tok, lengths[0])
+    assert kept == rows[:1]
+    with pytest.raises(SparkHubError, match="every prompt is longer"):
+        _drop_long_prompts(rows, tok, 5)
+
+    monkeypatch.setattr(import_utils, "is_available", lambda name: False)
+    args = GRPOTrainArgs(problems=str(_problems_file(tmp_path)), reward="random")
+    with pytest.raises(SparkHubError, match="vLLM is not installed"):
+        train_grpo(args, {**TRAINING, "use_vllm": True}, model=tiny_policy, output_dir=tmp_path / "v")
+
+
 # ------------------------------------------------------------------------------------------------
 # Resume after SIGKILL
 # ------------------------------------------------------------------------------------------------

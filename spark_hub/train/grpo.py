@@ -555,6 +555,12 @@ def train_grpo(
                                          trust_remote_code=bool(getattr(model_args, "trust_remote_code", False))))
     base = {"id": model_id, **source.provenance()}
     config = _training_config(training, output_dir)
+    if getattr(config, "use_vllm", False):
+        from spark_hub.import_utils import is_available
+
+        if not is_available("vllm"):
+            raise SparkHubError("use_vllm is set but vLLM is not installed",
+                                hint="pip install 'spark-hub[vllm]', or set use_vllm: false (model.generate)")
     if prm is None and args.prm:
         prm = _load_prm(args)
     prm_info = prm.describe() if prm is not None else None
