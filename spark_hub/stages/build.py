@@ -528,11 +528,13 @@ def _bulk_gc(gen0: int = 20_000):
     froze = gc.get_freeze_count() == 0  # leave a caller's own frozen objects alone
     if froze:
         gc.freeze()
-    gc.set_threshold(max(gen0, threshold[0]), *threshold[1:])
+    ours = (max(gen0, threshold[0]), *threshold[1:])
+    gc.set_threshold(*ours)
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
+        if gc.get_threshold() == ours:  # builds in threads may end in any order: the first restores
+            gc.set_threshold(*threshold)
         if froze:
             gc.unfreeze()
 
