@@ -10,11 +10,11 @@ batch in flight plus a second of work, and re-running skips every stored key.
 Model text is stored losslessly, whatever it holds: a completion with a lone UTF-16 surrogate (half
 an emoji from an OpenAI-compatible server) cannot be encoded as UTF-8, so its row is stored as
 ASCII-escaped JSON, which reads back to the same string. Other rows use a compact text encoding
-(`_encode`: a small JSON header with each completion's length and fields, then the texts verbatim),
-which costs a tenth of JSON-encoding the texts; rows written as JSON by older versions read as
-before. What `CachedBackend` hands to the stages
-has each lone surrogate replaced by U+FFFD (same length, so token offsets stay valid), and counts
-those completions in ``invalid_unicode``.
+(`_dumps`: a small JSON header with each completion's length and fields, then the texts verbatim),
+a fifth of the cost of JSON-encoding the texts (~1.5 vs ~8 us per 2 KB completion); rows written
+as JSON by older versions read as before. What `CachedBackend` hands to the stages has each lone
+surrogate replaced by U+FFFD (same length, so token offsets stay valid), and counts those
+completions in ``invalid_unicode``.
 """
 
 from __future__ import annotations
