@@ -361,10 +361,12 @@ def read_recipe(path: str | Path) -> tuple[dict[str, Any], Sources]:
         raise SparkHubError("a recipe must be a mapping of keys to values", where=str(path))
     sources = Sources({key: f"{path}:{line}" for key, line in _key_lines(text).items()})
 
-    # Input paths in a recipe may be written relative to the recipe itself.
+    # Input paths in a recipe may be written relative to the recipe itself, and the recipe's folder
+    # wins: the same recipe must read the same file from any working directory. A value that does
+    # not exist next to the recipe stays as given (a path from the working directory, a Hub id).
     def relative_to_recipe(node, key) -> None:
         value = node[key] if isinstance(node, list) else node.get(key)
-        if isinstance(value, str) and not Path(value).exists() and (path.parent / value).exists():
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (path.parent / value).exists():
             node[key] = str((path.parent / value).resolve())
 
     for key in RECIPE_RELATIVE_KEYS:

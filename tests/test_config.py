@@ -7,7 +7,7 @@ import os
 import pytest
 
 from helpers import scripted_recipe
-from spark_hub.config import RoleConfig, load_build_config, parse_config
+from spark_hub.config import RoleConfig, load_build_config, parse_config, read_recipe
 from spark_hub.errors import SparkHubError
 
 
@@ -227,3 +227,16 @@ def test_input_paths_are_read_relative_to_the_recipe(tmp_path, monkeypatch):
     inputs, = parse_config((Inputs,), recipe)
     assert inputs.dataset == str(folder / "records") and inputs.monitor_problems == str(folder / "held-out.jsonl")
     assert inputs.prm == "my-org/prm"  # a Hub id stays a Hub id
+
+
+def test_a_recipe_reads_its_own_files_from_any_working_directory(tmp_path, monkeypatch):
+    """`problems: ../p.jsonl` means the file next to the recipe, even when the working directory has one too."""
+    (tmp_path / "recipes" / "r").mkdir(parents=True)
+    (tmp_path / "recipes" / "p.jsonl").write_text('{"problem": "from the recipe"}\n')
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "p.jsonl").write_text('{"problem": "from the working directory"}\n')
+    recipe = tmp_path / "recipes" / "r" / "recipe.yaml"
+    recipe.write_text("problems: ../p.jsonl\n")
+    monkeypatch.chdir(tmp_path / "cwd")  # here ../p.jsonl is the other file
+    data, _ = read_recipe(recipe)
+    assert data["problems"] == str(tmp_path / "recipes" / "p.jsonl")
