@@ -752,6 +752,8 @@ def render_model_card(
         "base_model": _base_model(manifest),
         "reward_model": _model_role(manifest, "reward_model", "prm") or _find(config, "reward_model", "prm"),
         "prm_format": _find(config, "prm_format", "format"),
+        "reward_design": config.get("reward_design"),
+        "reward_model_revision": config.get("prm_revision"),
         "datasets": _hub_inputs(manifest),
         "processbench": sorted(pb.items()),
         "processbench_average": sum(pb.values()) / len(pb) if pb else None,

@@ -263,6 +263,8 @@ def test_cpu_grpo_run_changes_parameters_and_logs_every_component(tmp_path, tiny
     assert manifest["kind"] == "policy" and manifest["statistics"]["global_step"] == 2
     assert manifest["config"]["reward_design"] == reward
     assert manifest["models"]["reward_model"]["id"] == "scripted/prm"
+    card = (out / "README.md").read_text()
+    assert f"| reward design | `{reward}` |" in card, "the card names the reward design"
     logs = {k for entry in manifest["statistics"]["log_history"] for k in entry}
     trained_on = "prm_step_augmented" if reward == "prm_step_augmented" else "prm_outcome"
     for key in (f"rewards/{trained_on}/mean", "rewards/format_validity/mean", "rewards/rlvr/mean",
