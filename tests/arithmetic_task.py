@@ -195,26 +195,41 @@ def make_word_tokenizer():
     return fast
 
 
-def make_arithmetic_model(path: str | os.PathLike, *, hidden_size: int = 64, num_hidden_layers: int = 2,
-                          num_attention_heads: int = 4, intermediate_size: int = 256, seed: int = 0) -> str:
-    """Write a tiny random Llama with the word-level tokenizer into ``path`` (like `tiny_models.make_tiny_model`)."""
+def make_arithmetic_model(path: str | os.PathLike, *, architecture: str = "gpt2", hidden_size: int = 64,
+                          num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 256,
+                          seed: int = 0) -> str:
+    """Write a tiny random causal LM with the word-level tokenizer into ``path`` (like
+    `tiny_models.make_tiny_model`).
+
+    ``architecture``: ``gpt2`` (learned absolute positions, the default: every prompt of the task has
+    the same layout, so "the verdict of step k looks at step k" is a fixed position lookup) or
+    ``llama`` (rotary positions: measured not to learn the task in the CPU budget, see
+    bench/prm_learning.py).
+    """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     path = str(path)
     os.makedirs(path, exist_ok=True)
     tokenizer = make_word_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_attention_heads, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=hidden_size, n_layer=num_hidden_layers,
+                            n_head=num_attention_heads, n_inner=intermediate_size, tie_word_embeddings=True,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+        cls = GPT2LMHeadModel
+    elif architecture == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                             num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                             num_key_value_heads=num_attention_heads, max_position_embeddings=512,
+                             tie_word_embeddings=True, **ids)
+        cls = LlamaForCausalLM
+    else:
+        raise ValueError(f"architecture must be gpt2 or llama, got {architecture!r}")
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model = cls(config).to(torch.float32)
+    model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
