@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
@@ -56,7 +57,22 @@ def _on_alarm(signum, frame):  # pragma: no cover - runs in a worker
     raise _Deadline()
 
 
-def _init_worker() -> None:  # pragma: no cover - runs in a worker
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in a worker
+    """End this worker soon after its parent dies, even by SIGKILL: an orphaned grader would keep the
+    parent's output pipes open, and a shell or test waiting on them would hang. (A watcher thread,
+    not prctl's parent-death signal, which fires when the creating THREAD ends.)"""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="grading-parent-watch", daemon=True).start()
+
+
+def _init_worker(parent: int | None = None) -> None:  # pragma: no cover - runs in a worker
+    if parent is not None:
+        _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
@@ -125,6 +141,7 @@ def _get_pool() -> concurrent.futures.ProcessPoolExecutor:
         if _pool is None:
             pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=_workers(), mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
             # start every worker now, so that the per-answer wait never includes interpreter start-up
             try:

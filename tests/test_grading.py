@@ -94,3 +94,27 @@ def test_concurrent_callers_share_the_pool():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: answers_match_many(pairs), range(4)))
     assert results == [[True] * 20] * 4
+
+
+def test_workers_end_with_a_parent_killed_by_sigkill():
+    """An orphaned grader would hold the parent's stdout open: whoever reads it (a shell, a test) hangs."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from spark_hub import grading; print(grading.answers_match('1/2', '0.5'), flush=True); "
+            "import time; time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert parent.stdout.readline().strip() == b"True"  # the pool is up and graded in a worker
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        reader = threading.Thread(target=parent.stdout.read, daemon=True)
+        reader.start()
+        reader.join(30)  # EOF only once every worker holding the pipe has gone
+        assert not reader.is_alive(), "grading workers outlived their SIGKILLed parent"
+    finally:
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)  # never leave workers behind, whatever happened
+        except ProcessLookupError:
+            pass
