@@ -14,7 +14,11 @@ Measured here (2 shared cores): the untrained model never writes readable verdic
 every run so far learned the format (no unreadable output) first and sat on the "always Correct"
 plateau (loss ~0.070 per completion token: F1 0, acc_correct 100); Llama (rotary) with carry errors
 stayed there for 600 steps; GPT-2 (learned positions) with sign/operand errors left it after ~650
-steps (loss 0.046 at 800 steps) but greedy verdicts were still all Correct at 800 steps.
+steps (loss 0.046 at 800 steps) but greedy verdicts were still all Correct at 800 steps; at 1600 steps
+(237 s of training) loss 0.042, still F1 0.0 (acc_error 0, acc_correct 100): the per-step P(correct)
+is the same prior (0.79/0.76/0.74) for every input and P(Yes) is 1.0 after three "Correct" lines, i.e.
+the model learned the output format and "final = all steps correct" but not to read the prompt.
+The check does NOT pass yet (tests/test_learning_check.py marks it xfail).
 
 Error kinds (tests/arithmetic_task.py): ``sign`` (the other operation than the problem's), ``operand``
 (another number than the problem's), ``carry`` (the previous result miscopied), ``result`` (wrong
