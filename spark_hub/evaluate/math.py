@@ -22,14 +22,12 @@ policy's ``manifest.json``, from which its card's ``model-index`` is rendered.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_hub.errors import SparkHubError
-from spark_hub.io import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ def load_math_benchmarks(
         `SparkHubError`: a missing folder, benchmark or file; a malformed row (file:line, field);
             a duplicate id; a file that differs from its manifest entry.
     """
-    from spark_hub.evaluate.processbench import _manifest_entries
+    from spark_hub.evaluate.data import read_checked_jsonl
 
     available: dict[str, Path] = {}
     folder = Path(data_dir) if data_dir is not None else None
@@ -124,39 +122,11 @@ def load_math_benchmarks(
         path = available[name]
         if not path.is_file():
             raise SparkHubError(f"benchmark file not found: {path}")
-        manifest = _manifest_entries(path.parent) if verify else {}
-        entry = manifest.get(path.name) or {}
-        digest = sha256_file(path)
-        if verify and entry.get("sha256") and entry["sha256"] != digest:
-            raise SparkHubError(f"{path.name} does not match the sha256 in MANIFEST.json", where=str(path),
-                                hint="the file was modified or truncated; fetch it again")
-        problems: list[MathProblem] = []
-        seen: set[str] = set()
-        rows = 0
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                rows += 1
-                if limit is not None and len(problems) >= limit:
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SparkHubError(f"invalid JSON ({e.msg})", where=where) from e
-                problem = _read_problem(row, name, where)
-                if problem.id in seen:
-                    raise SparkHubError(f"duplicate id {problem.id!r}", where=where)
-                seen.add(problem.id)
-                problems.append(problem)
-        if verify and isinstance(entry.get("rows"), int) and entry["rows"] != rows:
-            raise SparkHubError(f"{path.name} has {rows} rows, MANIFEST.json says {entry['rows']}", where=str(path))
+        problems, data.files[name] = read_checked_jsonl(
+            path, lambda row, where, name=name: _read_problem(row, name, where), limit=limit, verify=verify,
+            entry=None if verify else {},
+        )
         data.benchmarks[name] = problems
-        data.files[name] = {"path": str(path), "sha256": digest, "rows": rows, "used": len(problems),
-                            "manifest_checked": bool(verify and entry.get("sha256"))}
-        if entry.get("source"):
-            data.files[name]["source"] = entry["source"]
     return data
 
 
