@@ -227,7 +227,7 @@ class HalfRightPRM:
     def score_batch(self, items):
         self.calls += 1
         out = []
-        for problem, steps in items:
+        for problem, steps, *_ in items:
             c = self.by_key[(problem, tuple(steps))]
             error = c.label if _right_half(c) else -1
             verdicts = [error == -1 or i < error for i in range(len(steps))]
@@ -320,3 +320,80 @@ def test_run_with_a_predictions_file_writes_results_plot_and_manifest(tmp_path):
     section = read_manifest(folder)["results"]["processbench"]
     assert section["gsm8k"]["f1"] == round(results["splits"]["gsm8k"]["f1"], 1)
     assert section["average"] == round(results["average_f1"], 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The PRM is asked with its SFT prompt (the final answer of the last step included)
+# ------------------------------------------------------------------------------------------------
+
+
+class RecordingBackend:
+    """Answers every request with "all steps correct" and keeps the requests."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, requests):
+        from spark_hub.backends.base import Completion
+
+        self.requests.extend(requests)
+        out = []
+        for r in requests:
+            n = r.chat()[-1]["content"].count("\nStep ")
+            lines = [f"Step {k}: Correct" for k in range(1, n + 1)]
+            out.append([Completion(text="\n".join(lines + ["Verification: Is the answer correct (Yes/No)? Yes"]))])
+        return out
+
+
+PB_PROBLEM = "Ann pays for 3 pens at $2 each with a $10 bill. How much change does she get?"
+
+
+def _prompt_seen_by_prm(c: pb.Case) -> list[dict[str, str]]:
+    from spark_hub.prm import GenerativePRM
+
+    backend = RecordingBackend()
+    prm = GenerativePRM(generative_spec("prm"), {}, backend=backend)
+    predictions, scores = pb.score_with_prm(prm, [c])
+    assert predictions == {c.id: -1} and scores[c.id].status == "ok"
+    [request] = backend.requests
+    return request.chat()
+
+
+def _sft_prompt(c: pb.Case, answer):
+    from test_sft_data import row
+
+    from spark_hub.train import sft_data
+
+    record = row(steps=c.steps, labels=(True,) * len(c.steps), final_label=True, answer=answer)
+    record["problem"] = c.problem
+    data = sft_data.make_sft_data([record], "prm", eval_fraction=0.0)  # include_answer=True (default)
+    [example] = data.train
+    return example["prompt"]
+
+
+@pytest.mark.parametrize("last, answer", [
+    ("The change is $10 - 6 = 4$, so the answer is $\\boxed{42}$.", "42"),
+    ("So she gets \\boxed{4} back, i.e. \\boxed{\\frac{8}{2}} dollars.", "\\frac{8}{2}"),  # last box, nested braces
+])
+def test_processbench_prm_prompt_equals_the_sft_prompt_with_the_boxed_answer(last, answer):
+    c = pb.Case(id="math-7", split="math", problem=PB_PROBLEM,
+                steps=("3 pens at \\boxed{2} dollars each cost $3 \\times 2 = 6$ dollars.", last), label=-1)
+    assert pb.case_final_answer(c.steps) == answer
+    seen = _prompt_seen_by_prm(c)
+    assert seen == _sft_prompt(c, answer)
+    assert seen[-1]["content"].count(f"\nAnswer: {answer}\n") == 1
+
+
+def test_processbench_prm_prompt_has_no_answer_line_without_a_boxed_last_step():
+    c = pb.Case(id="gsm8k-3", split="gsm8k", problem=PB_PROBLEM,
+                steps=("The answer to the first part is \\boxed{6}.", "The change is 10 - 6 = 4 dollars."), label=-1)
+    assert pb.case_final_answer(c.steps) is None
+    assert pb.case_final_answer(("\\boxed{}",)) is None
+    seen = _prompt_seen_by_prm(c)
+    assert "Answer:" not in seen[-1]["content"]
+    assert seen[-1]["content"].endswith("Step 2: The change is 10 - 6 = 4 dollars.\n\nLet's verify step by step.")
+    from spark_hub import rm_prompts
+
+    assert seen == [{"role": "user", "content": rm_prompts.rm_prompt("prm", c.problem, c.steps, None)}]
+    # the SFT prompt of a record without a final answer is the same text
+    assert seen == _sft_prompt(c, None)

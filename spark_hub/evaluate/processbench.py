@@ -459,6 +459,24 @@ def score_with_critic(
 # ------------------------------------------------------------------------------------------------
 
 
+def case_final_answer(steps: Sequence[str]) -> str | None:
+    """The final answer a PRM is shown for a case: the content of the last ``\\boxed{...}`` in the
+    LAST step (nested braces kept), or None (the prompt then has no ``Answer:`` line).
+
+    SFT prompts (`spark_hub.train.sft_data`, ``include_answer=True``) show the record's final answer,
+    so ProcessBench asks the PRM with the answer its solution ends on, in the same words.
+    """
+    from spark_hub.rewards import boxed_contents
+
+    found = boxed_contents(steps[-1]) if steps else []
+    return found[-1] if found and found[-1] else None
+
+
+def prm_items(cases: Sequence[Case]) -> list[tuple[str, list[str], str | None]]:
+    """``(problem, steps, final_answer)`` per case, as `score_with_prm` passes them to ``score_batch``."""
+    return [(c.problem, list(c.steps), case_final_answer(c.steps)) for c in cases]
+
+
 def score_with_prm(
     prm: Any,
     cases: Sequence[Case],
@@ -470,6 +488,8 @@ def score_with_prm(
 
     The prediction is ``StepScores.first_error``: the first step judged incorrect, -1 when every
     step is judged correct, None when the PRM's output cannot be read for every step.
+    Each case is scored as ``(problem, steps, case_final_answer(steps))`` (`prm_items`): a generative
+    PRM sees the ``Answer:`` line its SFT prompt had; discriminative PRMs ignore the answer.
 
     Returns:
         ``(predictions, scores)``: ``{case_id: index or None}`` and ``{case_id: StepScores}``.
@@ -480,7 +500,7 @@ def score_with_prm(
     scores: dict[str, Any] = {}
     for start in range(0, len(cases), batch_size):
         batch = cases[start : start + batch_size]
-        results = prm.score_batch([(c.problem, list(c.steps)) for c in batch])
+        results = prm.score_batch(prm_items(batch))
         for case, result in zip(batch, results):
             scores[case.id] = result
             predictions[case.id] = result.first_error
@@ -689,6 +709,7 @@ __all__ = [
     "ProcessBenchData",
     "as_prediction",
     "build_results",
+    "case_final_answer",
     "compute_metrics",
     "critic_messages",
     "critic_prediction",
@@ -700,6 +721,7 @@ __all__ = [
     "manifest_results",
     "model_index",
     "plot_results",
+    "prm_items",
     "read_predictions",
     "record_results",
     "run",
