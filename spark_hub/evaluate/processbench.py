@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from spark_hub.errors import SparkHubError
+from spark_hub.evaluate.data import manifest_entries, read_checked_jsonl
 from spark_hub.io import sha256_file, sha256_text
 
 logger = logging.getLogger(__name__)
@@ -96,24 +97,6 @@ class ProcessBenchData:
 
     def cases(self) -> list[Case]:
         return [case for cases in self.splits.values() for case in cases]
-
-
-def _manifest_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    """File entries of a ``MANIFEST.json`` in ``folder`` or its parent, keyed by file name."""
-    entries: dict[str, dict[str, Any]] = {}
-    for candidate, prefix in ((folder / "MANIFEST.json", ""), (folder.parent / "MANIFEST.json", folder.name + "/")):
-        if not candidate.is_file():
-            continue
-        try:
-            table = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise SparkHubError(f"cannot read {candidate}: {e}") from e
-        if not isinstance(table, dict):
-            continue
-        for key, value in table.items():
-            if isinstance(value, dict) and key.startswith(prefix) and "/" not in key[len(prefix):]:
-                entries.setdefault(key[len(prefix):], value)
-    return entries
 
 
 def _read_case(row: Any, split: str, where: str) -> Case:
@@ -175,48 +158,13 @@ def load_processbench(
     if limit is not None and limit < 1:
         raise SparkHubError(f"limit must be >= 1, got {limit}")
 
-    manifest = _manifest_entries(folder)
+    manifest = manifest_entries(folder)
     data = ProcessBenchData(splits={})
     for name in names:
-        path = available[name]
-        digest = sha256_file(path)
-        entry = manifest.get(path.name)
-        checked = False
-        if verify and entry and entry.get("sha256"):
-            if entry["sha256"] != digest:
-                raise SparkHubError(
-                    f"{path.name} does not match the sha256 in MANIFEST.json", where=str(path),
-                    hint="the file was modified or truncated; fetch it again",
-                )
-            checked = True
-        cases: list[Case] = []
-        seen: set[str] = set()
-        rows = 0
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                rows += 1
-                if limit is not None and len(cases) >= limit:
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SparkHubError(f"invalid JSON ({e.msg})", where=where) from e
-                case = _read_case(row, name, where)
-                if case.id in seen:
-                    raise SparkHubError(f"duplicate id {case.id!r}", where=where)
-                seen.add(case.id)
-                cases.append(case)
-        if entry and isinstance(entry.get("rows"), int) and verify and entry["rows"] != rows:
-            raise SparkHubError(f"{path.name} has {rows} rows, MANIFEST.json says {entry['rows']}", where=str(path))
-        data.splits[name] = cases
-        data.files[name] = {
-            "path": str(path), "sha256": digest, "rows": rows, "used": len(cases), "manifest_checked": checked,
-        }
-        if entry and entry.get("source"):
-            data.files[name]["source"] = entry["source"]
+        data.splits[name], data.files[name] = read_checked_jsonl(
+            available[name], lambda row, where, name=name: _read_case(row, name, where), limit=limit, verify=verify,
+            entry=manifest.get(available[name].name) or {},
+        )
     return data
 
 
