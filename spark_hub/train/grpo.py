@@ -51,21 +51,19 @@ import inspect
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence
 
 from spark_hub import rewards as _rewards
 from spark_hub.errors import SparkHubError
-from spark_hub.train.prm import _json_safe, last_complete_checkpoint
+from spark_hub.train.checkpoints import CheckpointPusher, last_complete_checkpoint
+from spark_hub.train.prm import _json_safe
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = Path(".spark") / "checkpoints"
 KEY_FILE = Path(".spark") / "train_key.json"
-PUSH_STAGING = Path(".spark") / "push"
 
 #: The paper's policy output format: reasoning in <step> blocks, the answer boxed inside <answer>
 #: (the instruction of `spark_hub.rewards`, whose format checks it matches).
@@ -666,7 +664,9 @@ def train_grpo(
         from spark_hub.hub import require_token
 
         require_token()  # fail now, not after the first checkpoint
-        pusher = _CheckpointPusher(args, output_dir, base, prm_info, key, problems_prov)
+        pusher = CheckpointPusher(output_dir, args.hub_repo,
+                                  _policy_checkpoint_describer(args, base, prm_info, key, problems_prov),
+                                  private=args.hub_private, overwrite=True)
         extra.append(pusher.callback())
     trainer_cls = _grpo_trainer_class()
     trainer = trainer_cls(
@@ -768,58 +768,16 @@ def _write_policy_outputs(output_dir: Path, args, config, base, prm_info, proble
     logger.info("policy written to %s (%s, %d steps)", output_dir, args.reward, result.global_step)
 
 
-class _CheckpointPusher:
-    """Stages each saved checkpoint as a policy folder (weights, config, tokenizer, manifest; no optimizer
-    or RNG pickles) and pushes it to branch ``step-NNNNNN`` in the background (`hub.push_checkpoint_async`)."""
+def _policy_checkpoint_describer(args: GRPOTrainArgs, base: dict, prm_info: dict | None, key: str, problems_prov: dict):
+    """Writes the policy manifest into a staged checkpoint (see `spark_hub.train.checkpoints`)."""
 
-    def __init__(self, args: GRPOTrainArgs, output_dir: Path, base: dict, prm_info: dict | None, key: str,
-                 problems_prov: dict):
-        self.args, self.output_dir, self.base, self.prm_info, self.key = args, output_dir, base, prm_info, key
-        self.problems_prov = problems_prov
-        self.futures: list = []
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        pusher = self
-
-        class PushCheckpoints(TrainerCallback):
-            def on_save(self, targs, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    pusher.push(Path(targs.output_dir) / f"checkpoint-{state.global_step}", state.global_step, targs)
-
-        return PushCheckpoints()
-
-    def push(self, checkpoint: Path, step: int, config) -> None:
-        from spark_hub import hub
+    def describe(staging: Path, step: int, config: Any) -> None:
         from spark_hub.manifest import write_manifest
 
-        stage = self.output_dir / PUSH_STAGING / checkpoint.name
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        for path in checkpoint.iterdir():
-            if path.is_file() and not path.name.endswith((".pt", ".pth", ".bin")):
-                try:
-                    os.link(path, stage / path.name)
-                except OSError:
-                    shutil.copy2(path, stage / path.name)
-        manifest = _manifest(self.args, config, self.base, self.prm_info, self.problems_prov, self.key,
-                             {"global_step": step, "checkpoint": True})
-        write_manifest(stage, manifest)
-        future = hub.push_checkpoint_async(stage, self.args.hub_repo, step, private=self.args.hub_private,
-                                           overwrite=True)
-        self.futures.append((step, stage, future))
+        write_manifest(staging, _manifest(args, config, base, prm_info, problems_prov, key,
+                                          {"global_step": step, "checkpoint": True}))
 
-    def wait(self) -> None:
-        """Wait for the pending pushes, log each outcome, remove the staging folders (hard links)."""
-        for step, stage, future in self.futures:
-            try:
-                result = future.result()
-                logger.info("checkpoint step %d pushed to %s@%s", step, self.args.hub_repo, result.revision)
-            except Exception as error:  # a failed checkpoint push does not fail the training run
-                logger.warning("checkpoint step %d was not pushed to %s: %s", step, self.args.hub_repo, error)
-            shutil.rmtree(stage, ignore_errors=True)
-        self.futures.clear()
+    return describe
 
 
 def _push_final(args: GRPOTrainArgs, output_dir: Path) -> None:

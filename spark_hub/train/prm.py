@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from spark_hub.errors import SparkHubError
+from spark_hub.train.checkpoints import CheckpointPusher, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -117,30 +118,6 @@ def _sft_config(output_dir: Path, overrides: Mapping[str, Any], has_eval: bool):
         args.setdefault("eval_steps", args.get("save_steps"))
     args["output_dir"] = str(output_dir / CHECKPOINTS)
     return SFTConfig(**args)
-
-
-def last_complete_checkpoint(folder: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) reads back.
-
-    A run killed while saving leaves a checkpoint without it (or with a truncated one): that one is
-    skipped and the previous one resumed, instead of failing on the half-written files.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    candidates = []
-    for path in folder.iterdir():
-        name = path.name
-        if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
-            candidates.append((int(name[len("checkpoint-"):]), path))
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            logger.warning("skipping incomplete checkpoint %s", path)
-            continue
-        return str(path)
-    return None
 
 
 def train_prm(
@@ -290,7 +267,8 @@ def train_prm(
         from spark_hub.hub import require_token
 
         require_token()  # fail now, not at the first checkpoint
-        pusher = _CheckpointPusher(output_dir, push_checkpoints_to, variant, base, sft, key, hub_endpoint)
+        pusher = CheckpointPusher(output_dir, push_checkpoints_to, _prm_checkpoint_describer(variant, base, sft, key),
+                                  endpoint=hub_endpoint)
         all_callbacks.append(pusher.callback())
     trainer = SFTTrainer(model=net, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=all_callbacks or None, peft_config=peft_config)
@@ -353,69 +331,26 @@ def _save_merged(trainer, output_dir: Path, main: bool) -> None:
 
 
 #: Files of a checkpoint that make a loadable PRM (no optimizer / scheduler / RNG pickles).
-_PUSHABLE_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken")
-_NOT_PUSHED = {"trainer_state.json"}
+def _prm_checkpoint_describer(variant: str, base: dict, sft, key: str):
+    """Writes ``prm_spec.json`` and a manifest into a staged checkpoint, so each step branch loads with `load_prm`."""
 
-
-class _CheckpointPusher:
-    """Stages each saved checkpoint as a PRM folder and pushes it to a step branch in the background."""
-
-    def __init__(self, output_dir: Path, repo_id: str, variant: str, base: dict, sft, key: str,
-                 endpoint: str | None):
-        self.output_dir, self.repo_id, self.variant, self.base = output_dir, repo_id, variant, base
-        self.sft, self.key, self.endpoint = sft, key, endpoint
-        self.futures: list = []
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        pusher = self
-
-        class PushCheckpoints(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.is_world_process_zero:
-                    pusher.push(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
-
-        return PushCheckpoints()
-
-    def push(self, checkpoint: Path, step: int) -> None:
+    def describe(staging: Path, step: int, training_args: Any) -> None:
         from spark_hub import rm_prompts
-        from spark_hub.hub import push_checkpoint_async
         from spark_hub.manifest import new_manifest, write_manifest
         from spark_hub.prm import generative_spec, write_spec
 
-        staging = self.output_dir / ".spark" / "push" / checkpoint.name
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for path in checkpoint.iterdir():
-            if path.is_file() and path.suffix in _PUSHABLE_SUFFIXES and path.name not in _NOT_PUSHED:
-                try:
-                    (staging / path.name).hardlink_to(path)
-                except OSError:
-                    shutil.copy2(path, staging / path.name)
-        write_spec(staging, generative_spec(self.variant, base_model=self.base["id"]))
+        write_spec(staging, generative_spec(variant, base_model=base["id"]))
         write_manifest(staging, new_manifest(
             "prm",
-            config={"prm_format": self.variant, "stage": "train-prm", "checkpoint": step},
-            models={"base_model": self.base},
-            prompts={self.variant: rm_prompts.template_hash(self.variant)},
-            seeds={"split": self.sft.statistics.get("seed")},
+            config={"prm_format": variant, "stage": "train-prm", "checkpoint": step},
+            models={"base_model": base},
+            prompts={variant: rm_prompts.template_hash(variant)},
+            seeds={"split": sft.statistics.get("seed")},
             statistics={"global_step": step, "checkpoint": True},
-            build_key=self.key,
+            build_key=key,
         ))
-        future = push_checkpoint_async(staging, self.repo_id, step, endpoint=self.endpoint)
-        self.futures.append((step, staging, future))
 
-    def wait(self) -> None:
-        """Wait for the pending pushes, log each outcome, remove the staging folders (hard links)."""
-        for step, staging, future in self.futures:
-            try:
-                result = future.result()
-                logger.info("checkpoint step %d pushed to %s@%s", step, self.repo_id, result.revision)
-            except Exception as error:  # a failed checkpoint push does not fail the training run
-                logger.warning("checkpoint step %d was not pushed to %s: %s", step, self.repo_id, error)
-            shutil.rmtree(staging, ignore_errors=True)
-        self.futures.clear()
+    return describe
 
 
 def _write_outputs(output_dir: Path, tokenizer, sft, variant: str, base: dict, config, key: str, result,
