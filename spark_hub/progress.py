@@ -267,6 +267,21 @@ class StageProgress:
 
         return callback
 
+    def on_count(self, name: str):
+        """A ``progress(done, total)`` callback (as the evaluation runners call it) for stage ``name``:
+        the stage is added and started on the first call, then advanced to ``done``."""
+        seen = {"done": None}
+
+        def callback(done: int, total: int) -> None:
+            if seen["done"] is None:
+                self.add(name, total)
+                self.start(name)
+                seen["done"] = 0
+            self.advance(name, done - seen["done"])
+            seen["done"] = done
+
+        return callback
+
     # -- text ---------------------------------------------------------------------------------
 
     def line(self, name: str) -> str:

@@ -137,3 +137,16 @@ def test_library_output_does_not_print_into_the_live_display():
         assert not are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
     finally:
         library.removeHandler(own)
+
+
+def test_a_done_total_callback_adds_starts_and_advances_its_stage():
+    clock = Clock()
+    bar = StageProgress(live=False, enabled=True, clock=clock, log_every=1e9)
+    with bar:
+        progress = bar.on_count("evaluate")
+        clock.now = 10.0
+        progress(0, 8)  # the runner reports the total first
+        clock.now = 20.0
+        progress(3, 8)
+        progress(8, 8)
+        assert bar.line("evaluate").startswith("evaluate: 8/8 (100%)") and bar.line("evaluate").endswith("done")

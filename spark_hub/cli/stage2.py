@@ -285,15 +285,7 @@ def processbench(data_dir, prm, critic, predictions, revision, critic_backend, b
         scorer["predictions"] = predictions
 
     with StageProgress(enabled=not no_progress and not predictions) as bar:
-        seen = {"done": 0}
-
-        def progress(done: int, total: int) -> None:
-            if seen["done"] == 0:
-                bar.add("evaluate", total)
-                bar.start("evaluate")
-            bar.advance("evaluate", done - seen["done"])
-            seen["done"] = done
-
+        progress = bar.on_count("evaluate")
         try:
             with _table_printed_once(pb.__name__, "ProcessBench\n"):
                 results = pb.run(data_dir, splits=splits, limit=limit, voting=voting, max_tokens=max_tokens,
@@ -356,15 +348,7 @@ def math(model, revision, backend, base_url, data_dir, benchmarks, limit, k, tem
     engine = math_eval.open_backend(model, backend=backend, cache=out / ".spark" / "cache.sqlite",
                                     batch_size=batch_size, **settings)
     with StageProgress(enabled=not no_progress) as bar:
-        seen = {"done": 0}
-
-        def progress(done: int, total: int) -> None:
-            if seen["done"] == 0:
-                bar.add("evaluate", total)
-                bar.start("evaluate")
-            bar.advance("evaluate", done - seen["done"])
-            seen["done"] = done
-
+        progress = bar.on_count("evaluate")
         try:
             with _table_printed_once(math_eval.__name__, "math benchmarks\n"):
                 results = math_eval.run(data_dir, backend=engine, benchmarks=benchmarks, limit=limit, k=k,
