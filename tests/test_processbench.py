@@ -124,9 +124,14 @@ def test_load_shared_splits_checks_the_manifest():
     assert len(gsm8k) == 400 and len(data.splits["math"]) == 1000
     assert sum(c.label == -1 for c in gsm8k) == 193
     assert all(f["manifest_checked"] for f in data.files.values())
+    # every error case comes first in the files: a limit takes the first of each kind, so F1 is defined
     limited = pb.load_processbench(SHARED_PB, ["math"], limit=5)
-    assert [c.id for c in limited.splits["math"]] == [c.id for c in data.splits["math"][:5]]
+    errors = [c for c in data.splits["math"] if c.label != -1]
+    correct = [c for c in data.splits["math"] if c.label == -1]
+    assert [c.id for c in limited.splits["math"]] == [c.id for c in errors[:3] + correct[:2]]
     assert limited.files["math"]["rows"] == 1000 and limited.files["math"]["used"] == 5
+    perfect = {c.id: c.label for c in limited.splits["math"]}
+    assert pb.compute_metrics(limited, perfect)["splits"]["math"]["f1"] == 100.0
 
 
 def _write_split(folder: Path, name: str, rows: list[dict]) -> Path:

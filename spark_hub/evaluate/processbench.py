@@ -133,7 +133,10 @@ def load_processbench(
         data_dir: the folder (e.g. ``../shared/data/processbench``).
         splits: split names to read, in this order; default every ``*.jsonl`` in the folder, official
             splits first.
-        limit: read only the first ``limit`` cases of each split (in file order).
+        limit: use ``limit`` cases of each split, balanced: the first ``ceil(limit/2)`` error cases
+            and the first ``floor(limit/2)`` correct ones, in file order (topped up from the other
+            group when one runs short). ProcessBench files list every error case before the correct
+            ones, so the first ``limit`` rows alone would leave acc_correct, and so F1, undefined.
         verify: check each file against the sha256 of a ``MANIFEST.json`` that lists it.
 
     Raises:
@@ -161,11 +164,31 @@ def load_processbench(
     manifest = manifest_entries(folder)
     data = ProcessBenchData(splits={})
     for name in names:
-        data.splits[name], data.files[name] = read_checked_jsonl(
-            available[name], lambda row, where, name=name: _read_case(row, name, where), limit=limit, verify=verify,
+        cases, data.files[name] = read_checked_jsonl(
+            available[name], lambda row, where, name=name: _read_case(row, name, where), verify=verify,
             entry=manifest.get(available[name].name) or {},
         )
+        if limit is not None:
+            cases = balanced_subset(cases, limit)
+            data.files[name]["used"] = len(cases)
+        data.splits[name] = cases
     return data
+
+
+def balanced_subset(cases: Sequence[Case], limit: int) -> list[Case]:
+    """``limit`` cases, half with an error and half correct (first ones of each, in file order).
+
+    >>> cases = [Case(id=str(i), split="s", problem="p", steps=("a",), label=0 if i < 6 else -1) for i in range(8)]
+    >>> [c.id for c in balanced_subset(cases, 5)]
+    ['0', '1', '2', '6', '7']
+    """
+    errors = [c for c in cases if c.label != -1]
+    correct = [c for c in cases if c.label == -1]
+    take_correct = min(len(correct), limit // 2)
+    take_errors = min(len(errors), limit - take_correct)
+    take_correct = min(len(correct), limit - take_errors)
+    chosen = {id(c) for c in errors[:take_errors] + correct[:take_correct]}
+    return [c for c in cases if id(c) in chosen]
 
 
 # ------------------------------------------------------------------------------------------------
