@@ -26,6 +26,7 @@ compare, and every step has the same length), with ChatML special tokens and cha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -64,14 +65,46 @@ def _solution(rng: random.Random, n_steps: int):
     return problem, steps, [True] * n_steps, str(totals[-1])
 
 
+def _fact_solution(rng: random.Random, n_steps: int, max_digit: int):
+    """A "facts" problem: ``n_steps`` independent single-digit additions, one step each."""
+    pairs = [(rng.randint(0, max_digit), rng.randint(0, max_digit)) for _ in range(n_steps)]
+    problem = "Compute " + ", ".join(f"{a} + {b}" for a, b in pairs) + "."
+    steps = [f"{a} + {b} = {a + b}." for a, b in pairs]
+    return problem, steps, [True] * n_steps, str(sum(a + b for a, b in pairs))
+
+
+def _corrupt_fact(steps: list[str], error_step: int, rng: random.Random):
+    """The step ``error_step`` with a wrong sum (off by 1-2, never negative); the others unchanged.
+    The final answer is the sum of the written results."""
+    out = list(steps)
+    a, _, b, _, c = out[error_step].rstrip(".").split()
+    c = int(c)
+    c += rng.choice([d for d in (-2, -1, 1, 2) if c + d >= 0])
+    out[error_step] = f"{a} + {b} = {c}."
+    labels = [k != error_step for k in range(len(steps))]
+    return out, labels, str(sum(int(s.rstrip(".").split()[-1]) for s in out)), "result"
+
+
 def step_records(n_problems: int, *, seed: int = 0, n_steps: int = 4, kinds: tuple[str, ...] = KINDS,
-                 prefix: str = "arith") -> list[dict[str, Any]]:
+                 prefix: str = "arith", style: str = "running", max_digit: int = 9) -> list[dict[str, Any]]:
     """Two solutions per problem, one correct and one with an error at a uniformly chosen step, as
-    Stage I step records (schema v1 rows; readers migrate them). Problem ids are ``{prefix}-NNNN``."""
+    Stage I step records (schema v1 rows; readers migrate them). Problem ids are ``{prefix}-NNNN``.
+
+    ``style``: ``running`` (a running total, errors of ``kinds``) or ``facts`` (independent additions
+    of digits 0..``max_digit``, ``Compute 3 + 4, 2 + 5.``; the error is a wrong sum, kind ``result``:
+    every step is checkable on its own, ~(max_digit+1)^2 facts to learn)."""
+    if style not in ("running", "facts"):
+        raise ValueError(f"style must be running or facts, got {style!r}")
     rng = random.Random(seed)
     rows = []
     for p in range(n_problems):
         problem_id = f"{prefix}-{p:04d}"
+        if style == "facts":
+            problem, steps, labels, answer = _fact_solution(rng, n_steps, max_digit)
+            rows.append(_record(problem_id, 0, problem, steps, labels, answer, None))
+            bad_steps, bad_labels, bad_answer, kind = _corrupt_fact(steps, rng.randrange(n_steps), rng)
+            rows.append(_record(problem_id, 1, problem, bad_steps, bad_labels, bad_answer, kind))
+            continue
         problem, steps, labels, answer = _solution(rng, n_steps)
         rows.append(_record(problem_id, 0, problem, steps, labels, answer, None))
         error_step = rng.randrange(n_steps)
@@ -165,9 +198,9 @@ def write_processbench(folder: str | os.PathLike, records: list[dict[str, Any]],
 def _corpus() -> list[str]:
     """Every text the model sees: PRM prompts and targets of the task, and the chat template pieces."""
     texts = [rm_prompts.PRM_TEMPLATE, rm_prompts.ORM_TEMPLATE, rm_prompts.FINAL_LINE, "user\nassistant\nsystem\n",
-             "Step Correct Incorrect Answer Yes No Start at add subtract What is the result ?",
+             "Step Correct Incorrect Answer Yes No Start at add subtract What is the result ? Compute",
              " ".join(str(i) for i in range(0, MAX_VALUE + 10)), "\n".join(str(i) for i in range(0, 10))]
-    for r in step_records(20, seed=12345):
+    for r in step_records(20, seed=12345) + step_records(5, seed=12345, style="facts"):
         texts.append(rm_prompts.rm_prompt("prm", r["problem"], r["steps"], r["final_answer"]))
         texts.append(rm_prompts.prm_target(r["labels"], r["final_label"]))
     return texts
@@ -232,4 +265,44 @@ def make_arithmetic_model(path: str | os.PathLike, *, architecture: str = "gpt2"
     model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def pretrain_arithmetic_model(path: str | os.PathLike, *, n_problems: int = 2000, steps: int = 400,
+                              batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0, **task) -> str:
+    """Language-model pretraining of the base in ``path`` (in place) on CORRECT solutions only, asked
+    as PRM prompts without targets: next-token loss on every token, so the model learns the sums and
+    where the steps sit, like the pretrained LM a real PRM starts from. No verdicts, no labels, and
+    other problems than the PRM training and evaluation ones (``prefix`` "pretrain", own seed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    rows = [r for r in step_records(n_problems, seed=seed + 7777, prefix="pretrain", **task) if r["final_label"]]
+    texts = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": rm_prompts.rm_prompt("prm", r["problem"], r["steps"])}], tokenize=False)
+        for r in rows]
+    encoded = [tokenizer(t).input_ids for t in texts]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(encoded):
+        ids[i, :len(e)] = torch.tensor(e)
+        mask[i, :len(e)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        batch = torch.randint(len(encoded), (batch_size,), generator=generator)
+        loss = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 100 == 0 or step == steps - 1:
+            logging.getLogger(__name__).warning("pretrain step %d loss %.4f", step, loss.item())
+    model.eval()
+    model.save_pretrained(path)
     return path
