@@ -81,8 +81,12 @@ def _decode(raw: bytes, path: Path, lineno: int, offset: int) -> str:
         raise _utf8_error(path, lineno, raw[e.start], offset + e.start, e.start + 1) from None
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(location, row)`` for each non-blank line of a JSONL file."""
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, row)`` for each non-blank line of a JSONL file (``location`` is ``file:line``).
+
+    Every failure is a one-line `SparkHubError` naming file:line: a byte that is not UTF-8 (with its
+    offset), invalid JSON, a line that is not a JSON object.
+    """
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -129,7 +133,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        yield from _iter_jsonl(path)
+        yield from iter_jsonl(path)
     elif suffix == ".parquet":
         yield from _iter_parquet(path)
     elif suffix == ".json":

@@ -111,6 +111,19 @@ def test_read_predictions_errors_name_file_and_line(tmp_path, line, message):
     assert f"{path}:2" in str(info.value)
 
 
+def test_a_non_utf8_byte_in_evaluation_files_is_a_one_line_error(tmp_path):
+    """Predictions and split files are read like every other input: file:line and the byte offset."""
+    bad = '{"id": "x", "prediction": 0}\n'.encode() + b'{"id": "caf\xe9", "prediction": 1}\n'
+    (tmp_path / "pred.jsonl").write_bytes(bad)
+    with pytest.raises(SparkHubError, match="not valid UTF-8: byte 0xe9 at byte offset 40") as info:
+        pb.read_predictions(tmp_path / "pred.jsonl")
+    assert f"{tmp_path / 'pred.jsonl'}:2" in str(info.value)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gsm8k.jsonl").write_bytes(b'{"id": "a\xe9", "problem": "p", "steps": ["s"], "label": -1}\n')
+    with pytest.raises(SparkHubError, match="not valid UTF-8"):
+        pb.load_processbench(tmp_path / "data")
+
+
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from spark_hub.errors import SparkHubError
+from spark_hub.inputs import iter_jsonl
 from spark_hub.io import sha256_file
 
 T = TypeVar("T")
@@ -63,23 +64,15 @@ def read_checked_jsonl(
     items: list[T] = []
     seen: set[str] = set()
     rows = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rows += 1
-            if limit is not None and len(items) >= limit:
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SparkHubError(f"invalid JSON ({e.msg})", where=where) from e
-            item = read_row(row, where)
-            if item.id in seen:
-                raise SparkHubError(f"duplicate id {item.id!r}", where=where)
-            seen.add(item.id)
-            items.append(item)
+    for where, row in iter_jsonl(path):
+        rows += 1
+        if limit is not None and len(items) >= limit:
+            continue
+        item = read_row(row, where)
+        if item.id in seen:
+            raise SparkHubError(f"duplicate id {item.id!r}", where=where)
+        seen.add(item.id)
+        items.append(item)
     if verify and isinstance(entry.get("rows"), int) and entry["rows"] != rows:
         raise SparkHubError(f"{path.name} has {rows} rows, MANIFEST.json says {entry['rows']}", where=str(path))
     info = {"path": str(path), "sha256": digest, "rows": rows, "used": len(items), "manifest_checked": checked}

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from spark_hub.errors import SparkHubError
 from spark_hub.evaluate.data import manifest_entries, read_checked_jsonl
+from spark_hub.inputs import iter_jsonl
 from spark_hub.io import sha256_file, sha256_text
 
 logger = logging.getLogger(__name__)
@@ -287,31 +288,21 @@ def read_predictions(path: str | Path) -> dict[str, int | None]:
     if not path.is_file():
         raise SparkHubError(f"predictions file not found: {path}")
     predictions: dict[str, int | None] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SparkHubError(f"invalid JSON ({e.msg})", where=where) from e
-            if not isinstance(row, dict):
-                raise SparkHubError("each line must be a JSON object", where=where)
-            case_id = row.get("id")
-            if not isinstance(case_id, str) or not case_id:
-                raise SparkHubError("field 'id' must be a non-empty string", where=where)
-            if "prediction" not in row:
-                raise SparkHubError("field 'prediction' is missing (use null for no prediction)", where=where)
-            value = row["prediction"]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise SparkHubError(
-                    f"field 'prediction' must be an integer step index (-1 = no error) or null, got {value!r}",
-                    where=where,
-                )
-            if case_id in predictions:
-                raise SparkHubError(f"duplicate id {case_id!r}", where=where)
-            predictions[case_id] = value
+    for where, row in iter_jsonl(path):
+        case_id = row.get("id")
+        if not isinstance(case_id, str) or not case_id:
+            raise SparkHubError("field 'id' must be a non-empty string", where=where)
+        if "prediction" not in row:
+            raise SparkHubError("field 'prediction' is missing (use null for no prediction)", where=where)
+        value = row["prediction"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SparkHubError(
+                f"field 'prediction' must be an integer step index (-1 = no error) or null, got {value!r}",
+                where=where,
+            )
+        if case_id in predictions:
+            raise SparkHubError(f"duplicate id {case_id!r}", where=where)
+        predictions[case_id] = value
     return predictions
 
 
