@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import sys
 from pathlib import Path
@@ -73,13 +72,9 @@ def recipes():
 
 
 def versions() -> dict[str, str | None]:
-    found = {}
-    for name in ENV_PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    from spark_hub.manifest import package_versions
+
+    return package_versions(ENV_PACKAGES)
 
 
 def devices() -> list[str]:
