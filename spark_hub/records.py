@@ -199,9 +199,86 @@ def record(schema_name: str, *, derived: tuple[Derived, ...] = ()) -> Callable[[
         to_dict.__doc__ = f"The row of this record (columns of ``schemas/{schema_name}.v{SCHEMA_VERSION}.json``)."
         to_dict.__qualname__ = f"{cls.__name__}.to_dict"
         cls.to_dict = to_dict
+        cls.is_valid = _compile_check(cls, cols)
+        lists = ", ".join(f"{c.name!r}: [r.{c.attr} for r in records]" for c in cols)
+        exec(f"def columns(records):\n    return {{{lists}}}\n", namespace)
+        cls._columns = staticmethod(namespace["columns"])
         return cls
 
     return wrap
+
+
+_CHECK_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "minLength", "items", "minItems", "maxItems",
+                   "description"}
+"""The JSON Schema keywords a column declaration may use (what `_check_expr` compiles)."""
+_PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),)}
+_TYPE_TESTS = {"string": "type({v}) is str", "integer": "type({v}) is int", "number": "type({v}) in _NUMBER",
+               "boolean": "type({v}) is bool", "null": "{v} is None", "array": "type({v}) is list"}
+
+
+def _check_expr(schema: dict[str, Any], v: str, constants: dict[str, Any], depth: int = 0) -> str:
+    """A Python boolean expression true when ``v`` satisfies the column ``schema``.
+
+    Compiled from the same schema dict that becomes the shipped JSON Schema, for the keyword subset
+    of `_CHECK_KEYWORDS`, with JSON Schema's semantics (a keyword constrains only instances of its
+    type) but stricter types: an integer is an ``int`` (not ``1.0``), a boolean is never a number,
+    and NaN is outside any range. tests/test_schema.py checks it against jsonschema on valid and
+    mutated rows."""
+    unknown = set(schema) - _CHECK_KEYWORDS
+    if unknown:
+        raise TypeError(f"column schema keyword(s) {sorted(unknown)} are not compiled by records._check_expr")
+    parts = []
+    for key in ("enum", "const"):
+        if key in schema:
+            name = f"_C{len(constants)}"
+            values = schema[key] if key == "enum" else [schema[key]]
+            constants[name] = frozenset((type(x), x) for x in values)
+            parts.append(f"(type({v}), {v}) in {name}")
+    if "type" in schema:
+        branches = []
+        for kind in [schema["type"]] if isinstance(schema["type"], str) else schema["type"]:
+            test = [_TYPE_TESTS[kind].format(v=v)]
+            if kind in ("integer", "number"):
+                if "minimum" in schema:
+                    test.append(f"{v} >= {schema['minimum']!r}")
+                if "maximum" in schema:
+                    test.append(f"{v} <= {schema['maximum']!r}")
+            elif kind == "string" and "minLength" in schema:
+                test.append(f"len({v}) >= {schema['minLength']!r}")
+            elif kind == "array":
+                if "minItems" in schema:
+                    test.append(f"len({v}) >= {schema['minItems']!r}")
+                if "maxItems" in schema:
+                    test.append(f"len({v}) <= {schema['maxItems']!r}")
+                items = schema.get("items")
+                if items is not None and set(items) <= {"type", "description"} and "array" not in items["type"]:
+                    # plain leaf items: one C-level pass over their types
+                    name = f"_C{len(constants)}"
+                    kinds = [items["type"]] if isinstance(items["type"], str) else items["type"]
+                    constants[name] = frozenset(t for k in kinds for t in _PY_TYPES[k])
+                    test.append(f"{name}.issuperset(map(type, {v}))")
+                elif items is not None:
+                    x = f"x{depth}"
+                    test.append(f"all({_check_expr(schema['items'], x, constants, depth + 1)} for {x} in {v})")
+            branches.append(" and ".join(test))
+        parts.append("(" + " or ".join(f"({b})" for b in branches) + ")")
+    return " and ".join(parts) or "True"
+
+
+def _compile_check(cls: type, cols: list[Column]) -> Callable[[Any], bool]:
+    """``record.is_valid()``: the record's row satisfies its JSON Schema, without building the row
+    (~3x cheaper than a compiled JSON Schema validator on the dict: the write path checks every row)."""
+    constants: dict[str, Any] = {"_NUMBER": (int, float)}
+    lines = ["def is_valid(self):", "    try:"]
+    for i, c in enumerate(cols):
+        lines.append(f"        v{i} = self.{c.attr}")
+        lines.append(f"        if not ({_check_expr(_column_schema(c), f'v{i}', constants)}): return False")
+    lines += ["    except Exception:  # a column that cannot be computed (a derived id of bad fields)", "        return False", "    return True"]
+    exec("\n".join(lines), constants)
+    check = constants["is_valid"]
+    check.__doc__ = f"True when this record's row satisfies ``schemas/{cls.SCHEMA}.v{SCHEMA_VERSION}.json``."
+    check.__qualname__ = f"{cls.__name__}.is_valid"
+    return check
 
 
 class Record:
@@ -212,6 +289,10 @@ class Record:
     schema_version: ClassVar[str] = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:  # replaced by the generated one (see `record`)
+        raise NotImplementedError
+
+    def is_valid(self) -> bool:  # replaced by the generated one (see `_compile_check`)
+        """True when this record's row satisfies its JSON Schema."""
         raise NotImplementedError
 
     @classmethod
@@ -267,6 +348,25 @@ def arrow_schema(cls: type[Record]):
     feats = hf_features_dict(cls)
     schema = pa.schema([(name, _arrow_type(f)) for name, f in feats.items()])
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": feats}})})
+
+
+def to_table(cls: type[Record], records: list[Record]):
+    """The `pyarrow.Table` of ``records`` (all of type ``cls``) with the schema of `arrow_schema`,
+    built column by column from the records' attributes (no row dicts: ~2x cheaper than
+    ``Table.from_pylist([r.to_dict() ...])``). Arrow checks each value against its column type
+    (check the records themselves with `Record.is_valid`)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pydict(cls._columns(records), schema=_cached_arrow_schema(cls))
+
+
+_ARROW_SCHEMAS: dict[type, Any] = {}
+
+
+def _cached_arrow_schema(cls: type[Record]):
+    if cls not in _ARROW_SCHEMAS:
+        _ARROW_SCHEMAS[cls] = arrow_schema(cls)
+    return _ARROW_SCHEMAS[cls]
 
 
 def features(cls: type[Record]):

@@ -67,6 +67,7 @@ class ShardWriter:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
+        self.record_type = record_type(config)
         self.schema = arrow_schema(config)
         _load_pandas_shim()
         self.shards: list[Path] = []
@@ -75,18 +76,29 @@ class ShardWriter:
         self._in_shard = 0
 
     def write(self, rows: list[dict[str, Any]]) -> None:
+        """Append row dicts (the columns of the config's record type)."""
         import pyarrow as pa
+
+        self._write(rows, lambda part: pa.Table.from_pylist(part, schema=self.schema))
+
+    def write_records(self, records: list) -> None:
+        """Append records of the config's record type, converted column by column (no row dicts)."""
+        from spark_hub.records import to_table
+
+        self._write(records, lambda part: to_table(self.record_type, part))
+
+    def _write(self, items: list, to_table) -> None:
         import pyarrow.parquet as pq
 
-        while rows:
+        while items:
             if self._writer is None:
                 path = self.dir / f"part-{len(self.shards):05d}.parquet"
                 self.shards.append(path)
                 self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
                 self._in_shard = 0
-            take = rows[: self.shard_rows - self._in_shard]
-            rows = rows[len(take):]
-            self._writer.write_table(pa.Table.from_pylist(take, schema=self.schema))
+            take = items[: self.shard_rows - self._in_shard]
+            items = items[len(take):]
+            self._writer.write_table(to_table(take))
             self._in_shard += len(take)
             self.rows += len(take)
             if self._in_shard >= self.shard_rows:

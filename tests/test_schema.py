@@ -182,3 +182,44 @@ def test_manifest_keeps_its_own_version():
     assert CURRENT["manifest"] == "1"
     errors = dict(iter_errors("manifest", {"schema_version": "2"}))
     assert errors == {"$.schema_version": "unsupported schema version '2' (this spark-hub reads version 1)"}
+
+
+MUTATIONS = [None, "x", "", -1, 0, 3, 2.5, True, [], [None], ["x"], [1], [-1], [True], [0.5], [1.5],
+             [[0, 1]], [[0, 1, 2]], [[-1, 2]], {"a": 1}, "ok", "sample", "merged", "2"]
+
+
+@pytest.mark.parametrize("config, cls", [("default", StepRecord), ("verifications", Verification)])
+def test_compiled_check_agrees_with_jsonschema_on_every_column_mutation(config, cls):
+    """`Record.is_valid` (what the build checks every row with) says exactly what the shipped
+    JSON Schema says, for real rows and for each column set to each value of a pool of wrong ones."""
+    records_ = [cls.from_dict(row) for row in read_rows(V1, config)]
+    assert records_ and all(r.is_valid() for r in records_)
+    compared = disagreements = 0
+    for record in records_[:3]:
+        for column in cls.COLUMNS:
+            if column.derived:
+                continue
+            for value in MUTATIONS:
+                bad = copy.copy(record)
+                setattr(bad, column.attr, copy.deepcopy(value))
+                try:
+                    row = bad.to_dict()
+                except Exception:  # a derived column (first_error_step, id) cannot be computed
+                    assert not bad.is_valid(), (column.attr, value)
+                    continue
+                expected = not list(iter_errors(cls.SCHEMA, row))
+                compared += 1
+                if bad.is_valid() != expected:
+                    disagreements += 1
+                    pytest.fail(f"{cls.__name__}.{column.attr} = {value!r}: is_valid {not expected}, jsonschema {expected}")
+    assert compared > 300 and disagreements == 0
+
+
+def test_compiled_check_is_stricter_only_where_documented():
+    row = _v2_row()
+    record = StepRecord.from_dict(row)
+    record.solution_index = 1.0  # JSON Schema counts 1.0 as an integer; Parquet's int32 column would not
+    assert not record.is_valid()
+    record = StepRecord.from_dict(row)
+    record.agreement = [float("nan")] * len(record.steps)  # NaN passes a JSON Schema range: not ours
+    assert not record.is_valid()

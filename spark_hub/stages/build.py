@@ -45,7 +45,6 @@ from spark_hub.io import BuildLock, atomic_write_text, clean_stale_temps, is_tem
 from spark_hub.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from spark_hub.prompts import template_hash
 from spark_hub.records import Problem, Solution, StepRecord, Verification
-from spark_hub.schema import fast_check
 from spark_hub.stages.aggregate import META_METHODS, Aggregate, aggregate
 from spark_hub.stages.balance import balance_problem
 from spark_hub.stages.stats import AGREEMENT_STEPS, LabelStats, labelling_warning  # noqa: F401 (re-exported)
@@ -455,15 +454,15 @@ def _build(config: BuildConfig, inputs: Inputs, contamination: dict[str, Any] | 
                 labelled = labeller.meta_critique(labelled, verifier, bar, stats)
 
             # ---- records, balancing, validation, write
-            record_rows, verification_rows = labeller.rows(labelled)
+            record_rows, verification_records = labeller.rows(labelled)
             if config.balance.enabled:
                 record_rows = balance_rows(record_rows, config)
             for row in record_rows:
                 stats.add_record_row(row)
-            for row in verification_rows:
-                stats.add_verification_status(row["parse_status"], row["kind"])
+            for v in verification_records:
+                stats.add_verification_status(v.parse_status, v.kind)
             records_out.write(record_rows)
-            verifs_out.write(verification_rows)
+            verifs_out.write_records(verification_records)
 
     loop_seconds = time.monotonic() - loop_started
     statistics = stats.to_dict()
@@ -558,8 +557,6 @@ class Labeller:
         self.config = config
         self.verifier_id = verifier_id
         self.generator_id = generator_id
-        self.record_is_valid = fast_check("step_record")
-        self.verification_is_valid = fast_check("verification")
 
     def aggregate(self, pairs, verifications) -> list[Labelled]:
         out = []
@@ -580,11 +577,13 @@ class Labeller:
         stats.tokens["meta"] = stats.tokens.get("meta", 0) + tokens
         return labelled
 
-    def rows(self, labelled: list[Labelled]) -> tuple[list[dict], list[dict]]:
-        """Validated step-record rows and verification rows (samples, critiques, merges).
+    def rows(self, labelled: list[Labelled]) -> tuple[list[dict], list[Verification]]:
+        """Validated step-record rows and verification records (samples, critiques, merges).
 
         The label columns come from the `Aggregate` as they are (`StepRecord.from_labels`); the
-        rows are the records' own `to_dict`.
+        rows are the records' own `to_dict`. Every record is checked against its schema
+        (`Record.is_valid`); verifications stay records, written column by column
+        (`spark_hub.records.to_table`).
         """
         from spark_hub.parsing import locate_steps
 
@@ -608,15 +607,13 @@ class Labeller:
                 cot_verification_id=cot.id if cot is not None else None,
                 cot_exact_match=agg.exact_match if cot is not None else None,
             )
-            row = record.to_dict()
-            if not self.record_is_valid(row):
-                _raise_invalid("step_record", row)
-            record_rows.append(row)
+            if not record.is_valid():
+                _raise_invalid("step_record", record.to_dict())
+            record_rows.append(record.to_dict())
             for v in [*item.verifications, *(x for x in (item.critique, item.merged) if x is not None)]:
-                vrow = v.to_dict()
-                if not self.verification_is_valid(vrow):
-                    _raise_invalid("verification", vrow)
-                verification_rows.append(vrow)
+                if not v.is_valid():
+                    _raise_invalid("verification", v.to_dict())
+                verification_rows.append(v)
         return record_rows, verification_rows
 
 
