@@ -36,3 +36,30 @@ def test_lone_surrogate_row_stays_ascii_json():
     blob, escaped = _dumps([Completion("half \ud83d emoji", "stop", 1, 1)])
     assert escaped and blob.startswith("[") and blob.isascii()
     assert _loads(blob)[0].text == "half \ud83d emoji"
+
+
+def test_new_caches_use_big_pages_and_older_wal_caches_are_converted(tmp_path):
+    import sqlite3
+
+    from spark_hub.cache import PAGE_SIZE
+
+    cache = CallCache(tmp_path / "new.sqlite")
+    assert cache._db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    cache.close()
+    # a cache written in WAL mode (spark-hub <= 0.1) with 4 KB pages
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE calls (key TEXT PRIMARY KEY, model TEXT NOT NULL, completions TEXT NOT NULL, "
+               "created REAL NOT NULL)")
+    db.execute("INSERT INTO calls VALUES ('k', 'm', ?, 0)", (_dumps(COMPLETIONS)[0],))
+    db.commit()
+    db.close()
+    cache = CallCache(old)
+    assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert cache.get_many(["k"]) == {"k": COMPLETIONS}
+    cache.put_many([("k2", "m", COMPLETIONS[:1])])
+    cache.close()
+    assert not (tmp_path / "old.sqlite-wal").exists()
+    assert CallCache(old).get_many(["k", "k2"]) == {"k": COMPLETIONS, "k2": COMPLETIONS[:1]}
