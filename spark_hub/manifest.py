@@ -9,7 +9,6 @@ Cards are rendered from it only (`spark_hub.cards`). Schema: ``schemas/manifest.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -33,6 +32,8 @@ LOCAL_STATE_DIRS = (".spark",)
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
     """Installed versions of the packages that matter for reproducibility (None if absent)."""
+    import importlib.metadata
+
     versions: dict[str, str | None] = {}
     for name in names:
         try:

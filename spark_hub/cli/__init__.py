@@ -16,13 +16,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from spark_hub.cli.app import cli, main, setup_logging, user_errors  # noqa: E402
-from spark_hub.cli.build import build_dataset, print_summary  # noqa: E402
-from spark_hub.cli.inspect_ import info, validate  # noqa: E402
-from spark_hub.cli.push import push  # noqa: E402
-from spark_hub.cli.stage2 import eval_group, sft_data, train_group  # noqa: E402
-from spark_hub.cli.tools import env, recipes  # noqa: E402
 
-for _command in (build_dataset, validate, info, push, sft_data, train_group, eval_group, recipes, env):
-    cli.add_command(_command)
+
+def __getattr__(name: str):
+    if name == "print_summary":  # kept importable from here; the command module loads on demand
+        from spark_hub.cli.build import print_summary
+
+        return print_summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["cli", "main", "print_summary", "setup_logging", "user_errors"]

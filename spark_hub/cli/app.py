@@ -24,17 +24,43 @@ RESUMABLE = {"build-dataset": "the build is resumable: model calls made so far a
              "train": "training is resumable: it continues from the last saved checkpoint"}
 
 
+#: Subcommands, loaded when invoked (``module:attribute``): ``spark-hub build-dataset`` does not
+#: import the training or Hub commands.
+COMMANDS = {
+    "build-dataset": "spark_hub.cli.build:build_dataset",
+    "validate": "spark_hub.cli.inspect_:validate",
+    "info": "spark_hub.cli.inspect_:info",
+    "push": "spark_hub.cli.push:push",
+    "sft-data": "spark_hub.cli.stage2:sft_data",
+    "train": "spark_hub.cli.stage2:train_group",
+    "eval": "spark_hub.cli.stage2:eval_group",
+    "recipes": "spark_hub.cli.tools:recipes",
+    "env": "spark_hub.cli.tools:env",
+}
+
+
+class _PlainHandler(logging.StreamHandler):
+    """Log lines as plain text on stderr (a pipe or a file: no terminal layout to keep)."""
+
+
 def setup_logging(verbose: int) -> None:
-    """spark-hub's log lines through rich, on the same console as the progress display."""
+    """spark-hub's log lines: through rich on a terminal (the console of the progress display),
+    plain ``LEVEL message`` lines otherwise (logs redirected to a file stay one line per record)."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    root = logging.getLogger("spark_hub")
+    root.setLevel(level)
+    if any(isinstance(h, _PlainHandler) or type(h).__name__ == "RichHandler" for h in root.handlers):
+        return
+    if not sys.stderr.isatty():
+        handler = _PlainHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+        root.addHandler(handler)
+        return
     from rich.logging import RichHandler
 
     from spark_hub.progress import console
 
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
-    root = logging.getLogger("spark_hub")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=console(), show_path=False, show_time=False))
-    root.setLevel(level)
+    root.addHandler(RichHandler(console=console(), show_path=False, show_time=False))
 
 
 def user_errors(fn):
@@ -60,7 +86,21 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class SparkGroup(click.Group):
-    """A click group whose errors are one line and whose Ctrl-C says how to resume."""
+    """A click group whose errors are one line, whose Ctrl-C says how to resume, and whose
+    subcommands (`COMMANDS`) are imported only when used."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in COMMANDS:
+            import importlib
+
+            module, attr = COMMANDS[name].split(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, name)
+        return command
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

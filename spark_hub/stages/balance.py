@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spark_hub.errors import SparkHubError
-from spark_hub.grading import answers_match, answers_match_many
 
 BALANCE_BY = ("majority_verdict", "ground_truth")
 
@@ -49,6 +48,8 @@ class BalanceConfig:
 def answer_is_correct(answer: str | None, reference: str | None) -> bool | None:
     """math-verify equivalence of ``answer`` and ``reference`` (None when either is missing, or when
     the comparison times out); see `spark_hub.grading.answers_match`. Safe from any thread."""
+    from spark_hub.grading import answers_match
+
     return answers_match(answer, reference)
 
 
@@ -61,6 +62,8 @@ def solution_classes(records: list[dict[str, Any]], by: str) -> list[bool | None
     """`solution_class` of each record; ``ground_truth`` grades all answers in one batch."""
     if by == "majority_verdict":
         return [r["final_label"] if r["status"] == "ok" else None for r in records]
+    from spark_hub.grading import answers_match_many
+
     graded = [i for i, r in enumerate(records) if r["status"] == "ok"]
     truths = answers_match_many([(records[i]["final_answer"], records[i]["reference"]) for i in graded])
     classes: list[bool | None] = [None] * len(records)
