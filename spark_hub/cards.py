@@ -794,58 +794,38 @@ def write_card(folder: str | Path, manifest: dict[str, Any] | None = None, *, re
 # ------------------------------------------------------------------------------------------------
 # Plot
 # ------------------------------------------------------------------------------------------------
-def agreement_figure(statistics: dict[str, Any]):
-    """The matplotlib `Figure` of `write_agreement_plot` (None when there is nothing to plot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def agreement_chart(statistics: dict[str, Any]):
+    """The chart of `write_agreement_plot`, rendered (a `spark_hub.plots.Chart`: the image and where
+    its title lies), or None when there is nothing to plot."""
+    from spark_hub.plots import BLUE, render_bar_chart
 
     values = [float("nan") if v is None else float(v) for v in (statistics.get("agreement_by_step") or [])]
     if not values:
         return None
-    # Wide enough for the title at any step count (a 4-inch figure clipped it), laid out with
-    # constrained layout, which keeps the title and labels inside the canvas.
-    fig = Figure(figsize=(max(6.0, min(12.0, 0.35 * len(values) + 2)), 3.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    steps = list(range(1, len(values) + 1))
-    ax.bar(steps, values, color="#4C72B0", width=0.8)
-    ax.set_xlabel("step index")
-    ax.set_ylabel("mean agreement")
-    ax.set_title(PLOT_TITLE, fontsize="medium")
     finite = [v for v in values if not math.isnan(v)]
-    if finite and 0.0 <= min(finite) and max(finite) <= 1.0:
-        ax.set_ylim(0, 1.0)
-    if len(steps) <= 30:
-        ax.set_xticks(steps)
-    ax.grid(axis="y", alpha=0.3)
-    return fig
+    return render_bar_chart([str(step) for step in range(1, len(values) + 1)], [("mean agreement", values, BLUE)],
+                            title=PLOT_TITLE, xlabel="step index", ylabel="mean agreement",
+                            ylim=(0.0, 1.0) if finite and 0.0 <= min(finite) and max(finite) <= 1.0 else None)
 
 
 def write_agreement_plot(statistics: dict[str, Any], path: str | Path) -> Path | None:
     """Bar chart (PNG) of the mean per-step verifier agreement by step index.
 
     Uses ``statistics["agreement_by_step"]`` (a list of floats, step 1 first; None for steps with no
-    data). Rendered with matplotlib's Agg canvas directly (no pyplot state, safe in threads and on
-    headless machines) and written atomically.
+    data, drawn as no bar). Drawn with Pillow (`spark_hub.plots`) and written atomically; identical
+    statistics give identical bytes.
 
     Returns:
         ``path``, or None when there is nothing to plot.
     """
-    from spark_hub.io import atomic_path
-
-    fig = agreement_figure(statistics)
-    if fig is None:
-        return None
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    return path
+    chart = agreement_chart(statistics)
+    return None if chart is None else chart.save(path)
 
 
 __all__ = [
     "AGREEMENT_PLOT_NAME",
     "CITATION",
-    "agreement_figure",
+    "agreement_chart",
     "SECRET_KEYS",
     "REPO_PLACEHOLDER",
     "dataset_card_data",

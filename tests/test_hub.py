@@ -688,14 +688,18 @@ def test_cards_validate_and_round_trip(tmp_path):
 def test_agreement_plot(tmp_path):
     path = cards.write_agreement_plot({"agreement_by_step": [0.9, None, 0.7]}, tmp_path / "a" / "plot.png")
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert cards.write_agreement_plot({"agreement_by_step": [0.9, None, 0.7]}, tmp_path / "b.png").read_bytes() \
+        == path.read_bytes()  # no timestamp: identical statistics, identical bytes
     assert cards.write_agreement_plot({}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
     for steps in (1, 3, 12, 60):  # the title fits in the image, however few steps there are
-        fig = cards.agreement_figure({"agreement_by_step": [0.5] * steps})
-        fig.canvas.draw()
-        title = fig.axes[0].title
-        box = title.get_window_extent(fig.canvas.get_renderer())
-        assert title.get_text() == cards.PLOT_TITLE
-        assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (steps, box)
+        chart = cards.agreement_chart({"agreement_by_step": [0.5] * steps})
+        width, height = chart.size
+        x0, y0, x1, y1 = chart.boxes["title"]
+        assert 0 < x0 < x1 < width and 0 < y0 < y1 < chart.boxes["plot"][1], (steps, chart.boxes, chart.size)
+        # ... and it is drawn: ink in its box, and none between it and the canvas edges.
+        band = chart.image.convert("L").crop((0, 0, width, (y1 + chart.boxes["plot"][1]) // 2))
+        ink = band.point(lambda v: 255 if v < 200 else 0).getbbox()
+        assert ink and x0 - 1 <= ink[0] and ink[2] <= x1 + 1 and y0 - 1 <= ink[1] and ink[3] <= y1 + 1, (steps, ink)
 
 
 def test_cards_redact_secrets_by_value_and_exact_key_and_hide_local_paths(tmp_path, monkeypatch):
