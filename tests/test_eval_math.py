@@ -19,6 +19,7 @@ from spark_hub.evaluate.math import (
     load_math_benchmarks,
     manifest_results,
     model_index,
+    plot_results,
     record_results,
     run,
 )
@@ -88,6 +89,8 @@ def test_pass_at_1_over_k_samples_per_benchmark_and_mean(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["average"] == results["average"] and len(saved["cases"]) == 5
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = {**results, "benchmarks": {**m, "aime24": {**m["aime24"], "accuracy": None}}}
+    assert plot_results(missing, tmp_path / "missing.png", title="policy").read_bytes()[:4] == b"\x89PNG"
     table = format_table(results)
     assert "MATH500" in table and "AIME24" in table and "average" in table
     assert saved["cases"][2]["answers"] == [None, "2"] and saved["cases"][2]["correct"] == [False, True]

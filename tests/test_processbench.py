@@ -274,6 +274,9 @@ def test_score_shared_splits_with_a_scripted_prm(tmp_path):
 
     png = pb.plot_results(results, tmp_path / "processbench.png", title="half-right")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pb.plot_results(results, tmp_path / "again.png", title="half-right").read_bytes() == png.read_bytes()
+    undefined = {**results, "splits": {**results["splits"], "math": {**results["splits"]["math"], "f1": None}}}
+    assert pb.plot_results(undefined, tmp_path / "undefined.png").read_bytes() != png.read_bytes()  # F1 n/a
     [entry] = pb.model_index(results, "half-right")
     assert [r["dataset"]["split"] for r in entry["results"]] == ["gsm8k", "math"]
     assert entry["results"][0]["metrics"][0]["value"] == round(results["splits"]["gsm8k"]["f1"], 1)

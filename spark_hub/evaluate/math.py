@@ -306,29 +306,19 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def plot_results(results: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
-    """A bar chart of the per-benchmark accuracies and the average, as PNG (Agg, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A bar chart of the per-benchmark accuracies and their average ("Avg", orange), each value
+    printed above its bar, written atomically as PNG (`spark_hub.plots.bar_chart`)."""
+    from spark_hub.plots import BLUE, ORANGE, bar_chart
 
     names = list(results["benchmarks"])
     labels = [DISPLAY_NAMES.get(n, n) for n in names] + ["Avg"]
-    values = [results["benchmarks"][n]["accuracy"] or 0.0 for n in names] + [results.get("average") or 0.0]
-    figure = Figure(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    colors = ["tab:blue"] * len(names) + ["tab:orange"]
-    bars = axes.bar(range(len(labels)), values, color=colors)
-    axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8, padding=1)
-    axes.set_xticks(range(len(labels)), labels, fontsize=8)
-    axes.set_ylim(0, max(100.0, max(values, default=0) + 10))
-    axes.set_ylabel("accuracy (%)")
+    values = [results["benchmarks"][n]["accuracy"] for n in names] + [results.get("average")]
     k = max([m["k"] for m in results["benchmarks"].values()] or [1])
-    axes.set_title(f"{title + ' — ' if title else ''}pass@1 (k={k})", fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    top = max([100.0] + [v + 10 for v in values if v is not None])
+    prefix = f"{title} \u00b7 " if title else ""
+    return bar_chart(path, labels, [("accuracy", values, [BLUE] * len(names) + [ORANGE])],
+                     title=f"{prefix}pass@1 (k={k})", ylabel="accuracy (%)",
+                     ylim=(0, top), value_labels=True, legend=False)
 
 
 def manifest_results(results: Mapping[str, Any]) -> dict[str, Any]:

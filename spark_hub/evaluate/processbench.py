@@ -524,33 +524,17 @@ def model_index(results: Mapping[str, Any], model_name: str) -> list[dict[str, A
 
 
 def plot_results(results: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
-    """A per-split bar chart (error accuracy, correct accuracy, F1) written as PNG (Agg, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A per-split bar chart (error accuracy, correct accuracy, F1, each value printed above its
+    bar; an undefined one reads n/a) written atomically as PNG (`spark_hub.plots.bar_chart`)."""
+    from spark_hub.plots import BLUE, GREEN, ORANGE, bar_chart
 
     splits = list(results["splits"])
-    series = [("acc_error", "error acc."), ("acc_correct", "correct acc."), ("f1", "F1")]
-    figure = Figure(figsize=(max(4.0, 1.6 * len(splits) + 2), 3.6))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(series)
-    for j, (key, label) in enumerate(series):
-        values = [results["splits"][s][key] or 0.0 for s in splits]
-        xs = [i + (j - 1) * width for i in range(len(splits))]
-        bars = axes.bar(xs, values, width=width, label=label)
-        axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=1)
-    axes.set_xticks(range(len(splits)), splits)
-    axes.set_ylim(0, 110)
-    axes.set_ylabel("%")
+    series = [(label, [results["splits"][s][key] for s in splits], color) for key, label, color in
+              [("acc_error", "error acc.", BLUE), ("acc_correct", "correct acc.", ORANGE), ("f1", "F1", GREEN)]]
     average = results.get("average_f1")
     suffix = f"average F1 {average:.1f}" if average is not None else "average F1 -"
-    axes.set_title(f"{title} — {suffix}" if title else f"ProcessBench, {suffix}", fontsize=10)
-    axes.legend(fontsize=8, loc="upper right", ncols=3)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return bar_chart(path, splits, series, title=f"{title} \u00b7 {suffix}" if title else f"ProcessBench, {suffix}",
+                     ylabel="%", ylim=(0, 110), value_labels=True, legend=True)
 
 
 def manifest_results(results: Mapping[str, Any]) -> dict[str, Any]:
