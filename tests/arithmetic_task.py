@@ -35,6 +35,8 @@ from typing import Any
 from spark_hub import rm_prompts
 
 KINDS = ("sign", "operand", "carry", "result")
+#: Error kinds of the ``facts`` style (see `_corrupt_fact`).
+FACT_KINDS = ("result", "sign")
 MAX_VALUE = 99
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"
@@ -73,28 +75,42 @@ def _fact_solution(rng: random.Random, n_steps: int, max_digit: int):
     return problem, steps, [True] * n_steps, str(sum(a + b for a, b in pairs))
 
 
-def _corrupt_fact(steps: list[str], error_step: int, rng: random.Random):
-    """The step ``error_step`` with a wrong sum (off by 1-2, never negative); the others unchanged.
-    The final answer is the sum of the written results."""
+def _corrupt_fact(steps: list[str], error_step: int, kind: str, rng: random.Random):
+    """The step ``error_step`` made wrong; the others unchanged. ``kind``: ``result`` (the written sum is
+    off by 1-2, never negative: wrong arithmetic, visible only from the three numbers together) or
+    ``sign`` (the step subtracts where the problem adds, computed correctly, larger operand first:
+    visible from the one token ``-``, as no problem of this style subtracts). The final answer is the
+    sum of the written results."""
     out = list(steps)
     a, _, b, _, c = out[error_step].rstrip(".").split()
-    c = int(c)
-    c += rng.choice([d for d in (-2, -1, 1, 2) if c + d >= 0])
-    out[error_step] = f"{a} + {b} = {c}."
+    a, b, c = int(a), int(b), int(c)
+    if kind == "result":
+        c += rng.choice([d for d in (-2, -1, 1, 2) if c + d >= 0])
+        out[error_step] = f"{a} + {b} = {c}."
+    elif kind == "sign":
+        big, small = max(a, b), min(a, b)
+        out[error_step] = f"{big} - {small} = {big - small}."
+    else:
+        raise ValueError(f"facts-style error kinds are {FACT_KINDS}, got {kind!r}")
     labels = [k != error_step for k in range(len(steps))]
-    return out, labels, str(sum(int(s.rstrip(".").split()[-1]) for s in out)), "result"
+    return out, labels, str(sum(int(s.rstrip(".").split()[-1]) for s in out)), kind
 
 
-def step_records(n_problems: int, *, seed: int = 0, n_steps: int = 4, kinds: tuple[str, ...] = KINDS,
+def step_records(n_problems: int, *, seed: int = 0, n_steps: int = 4, kinds: tuple[str, ...] | None = None,
                  prefix: str = "arith", style: str = "running", max_digit: int = 9) -> list[dict[str, Any]]:
     """Two solutions per problem, one correct and one with an error at a uniformly chosen step, as
     Stage I step records (schema v1 rows; readers migrate them). Problem ids are ``{prefix}-NNNN``.
 
-    ``style``: ``running`` (a running total, errors of ``kinds``) or ``facts`` (independent additions
-    of digits 0..``max_digit``, ``Compute 3 + 4, 2 + 5.``; the error is a wrong sum, kind ``result``:
-    every step is checkable on its own, ~(max_digit+1)^2 facts to learn)."""
+    ``style``: ``running`` (a running total, errors of ``kinds``, default all `KINDS`) or ``facts``
+    (independent additions of digits 0..``max_digit``, ``Compute 3 + 4, 2 + 5.``, errors of ``kinds``
+    among `FACT_KINDS`, default ``result`` only: every step is checkable on its own, ~(max_digit+1)^2
+    facts to learn). The kind of each error is drawn uniformly from ``kinds``."""
     if style not in ("running", "facts"):
         raise ValueError(f"style must be running or facts, got {style!r}")
+    allowed = FACT_KINDS if style == "facts" else KINDS
+    kinds = tuple(kinds) if kinds is not None else (("result",) if style == "facts" else KINDS)
+    if not kinds or set(kinds) - set(allowed):
+        raise ValueError(f"{style}-style error kinds are {allowed}, got {kinds}")
     rng = random.Random(seed)
     rows = []
     for p in range(n_problems):
@@ -102,7 +118,9 @@ def step_records(n_problems: int, *, seed: int = 0, n_steps: int = 4, kinds: tup
         if style == "facts":
             problem, steps, labels, answer = _fact_solution(rng, n_steps, max_digit)
             rows.append(_record(problem_id, 0, problem, steps, labels, answer, None))
-            bad_steps, bad_labels, bad_answer, kind = _corrupt_fact(steps, rng.randrange(n_steps), rng)
+            error_step = rng.randrange(n_steps)
+            kind = kinds[0] if len(kinds) == 1 else rng.choice(kinds)  # one kind: the draws of earlier versions
+            bad_steps, bad_labels, bad_answer, kind = _corrupt_fact(steps, error_step, kind, rng)
             rows.append(_record(problem_id, 1, problem, bad_steps, bad_labels, bad_answer, kind))
             continue
         problem, steps, labels, answer = _solution(rng, n_steps)
@@ -230,7 +248,7 @@ def make_word_tokenizer():
 
 def make_arithmetic_model(path: str | os.PathLike, *, architecture: str = "gpt2", hidden_size: int = 64,
                           num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 256,
-                          seed: int = 0) -> str:
+                          initializer_range: float = 0.1, seed: int = 0) -> str:
     """Write a tiny random causal LM with the word-level tokenizer into ``path`` (like
     `tiny_models.make_tiny_model`).
 
@@ -238,6 +256,10 @@ def make_arithmetic_model(path: str | os.PathLike, *, architecture: str = "gpt2"
     the same layout, so "the verdict of step k looks at step k" is a fixed position lookup) or
     ``llama`` (rotary positions: measured not to learn the task in the CPU budget, see
     bench/prm_learning.py).
+
+    ``initializer_range``: std of the random weights, 0.1 rather than the usual 0.02: at 0.02 a model
+    this narrow starts with near-uniform attention and near-zero logits and sits for hundreds of steps
+    on the "every step Correct" plateau (measured, bench/prm_learning.py); at 0.1 it leaves it early.
     """
     import torch
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -250,12 +272,14 @@ def make_arithmetic_model(path: str | os.PathLike, *, architecture: str = "gpt2"
     if architecture == "gpt2":
         config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=hidden_size, n_layer=num_hidden_layers,
                             n_head=num_attention_heads, n_inner=intermediate_size, tie_word_embeddings=True,
+                            initializer_range=initializer_range,
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
         cls = GPT2LMHeadModel
     elif architecture == "llama":
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
                              num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                              num_key_value_heads=num_attention_heads, max_position_embeddings=512,
+                             initializer_range=initializer_range,
                              tie_word_embeddings=True, **ids)
         cls = LlamaForCausalLM
     else:

@@ -101,18 +101,39 @@ def test_the_facts_style_labels_the_wrong_sum_and_keeps_prompts_aligned():
         arithmetic_task.step_records(1, style="other")
 
 
+def test_the_facts_style_sign_error_subtracts_where_the_problem_adds():
+    rows = arithmetic_task.step_records(200, seed=2, n_steps=3, style="facts", kinds=("sign", "result"))
+    kinds = set()
+    for correct, wrong in zip(rows[::2], rows[1::2]):
+        kind = wrong["generator"].split("/")[-1]
+        kinds.add(kind)
+        first = wrong["first_error_step"]
+        assert wrong["labels"] == [k != first for k in range(3)] and correct["steps"][:first] == wrong["steps"][:first]
+        assert correct["steps"][first + 1:] == wrong["steps"][first + 1:]
+        a, op, b, _, c = wrong["steps"][first].rstrip(".").split()
+        if kind == "sign":  # computed correctly, but a subtraction: the problem only adds
+            assert op == "-" and int(a) >= int(b) and int(c) == int(a) - int(b) and "-" not in wrong["problem"]
+        else:
+            assert op == "+" and int(c) != int(a) + int(b)
+    assert kinds == {"sign", "result"}
+    with pytest.raises(ValueError):
+        arithmetic_task.step_records(1, style="facts", kinds=("carry",))
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="measured: the tiny PRM learns the format and 'final = all steps correct' "
-                   "but not to read the steps (F1 0 -> 0, running and facts styles, up to 1600 steps); "
-                   "see bench/prm_learning.py")
 def test_a_tiny_prm_learns_to_find_the_first_wrong_step(tmp_path):
-    """Untrained F1 vs trained F1 (ProcessBench metric, held-out problems, load_prm on the trained
-    folder): the trained PRM must be at least 20 points better. Defaults of bench/prm_learning.py."""
+    """Untrained vs trained ProcessBench metric on held-out problems (load_prm on the trained folder),
+    defaults of bench/prm_learning.py (facts style, 3 steps, sign and result errors, 600 steps, ~100 s
+    on 2 cores). The untrained model writes no readable verdict (F1 0); trained, it must always write
+    one, keep correct solutions correct and find the exact first wrong step of the ``sign`` errors.
+    Measured to fail when the step labels are shifted by one step (trained F1 0) and when the saved
+    folder holds the untrained weights (no readable verdict). ``result`` errors (a wrong sum) are
+    reported, not asserted: measured not learned in this budget (see the bench docstring)."""
     import prm_learning
 
     result = prm_learning.run(workdir=tmp_path)
     before, after = result["untrained"], result["trained"]
     print(result)
     assert after["no_prediction"] == 0, "the trained PRM always writes readable verdicts"
-    assert after["f1"] >= before["f1"] + 20.0, (before, after)
-    assert after["acc_error"] >= 20.0 and after["acc_correct"] >= 50.0, after
+    assert after["f1"] >= before["f1"] + 40.0, (before, after)
+    assert after["acc_error_by_kind"]["sign"] >= 80.0 and after["acc_correct"] >= 80.0, after
